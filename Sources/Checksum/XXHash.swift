@@ -1,0 +1,75 @@
+// XXHash: the only file that touches libxxhash — streaming XXH3-64/128 and one-shot XXH64, as hex digests.
+import CXXHash
+
+// The plain (non-`_dispatch`) entry points are used everywhere: mixing the two families in one
+// process slowed the plain ones 3.5× for the rest of the run (TOOLCHAIN.md).
+
+/// A streaming XXH3 hasher producing a 64-bit or 128-bit digest.
+/// The corresponding C functions are `XXH3_64bits_update` / `XXH3_128bits_update`.
+public final class XXH3Hasher: @unchecked Sendable {
+    public enum Width: Sendable { case bits64, bits128 }
+    private let state: OpaquePointer
+    public let width: Width
+
+    public init(_ width: Width) {
+        guard let state = XXH3_createState() else { fatalError("XXH3_createState: out of memory") }
+        self.state = state
+        self.width = width
+        reset()
+    }
+
+    deinit { XXH3_freeState(state) }
+
+    public func reset() {
+        switch width {
+        case .bits64: XXH3_64bits_reset(state)
+        case .bits128: XXH3_128bits_reset(state)
+        }
+    }
+
+    public func update(_ bytes: UnsafeRawBufferPointer) {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        switch width {
+        case .bits64: XXH3_64bits_update(state, base, bytes.count)
+        case .bits128: XXH3_128bits_update(state, base, bytes.count)
+        }
+    }
+
+    /// The digest of everything fed so far, as lower-case hex (16 or 32 digits, most significant first).
+    public func hexDigest() -> String {
+        switch width {
+        case .bits64: return hex64(XXH3_64bits_digest(state))
+        case .bits128:
+            let h = XXH3_128bits_digest(state)
+            return hex64(h.high64) + hex64(h.low64)
+        }
+    }
+}
+
+/// XXH3-64 of `bytes` with `seed`. The corresponding C function is `XXH3_64bits_withSeed`.
+public func xxh3_64(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
+    XXH3_64bits_withSeed(bytes.baseAddress, bytes.count, seed)
+}
+
+/// XXH3-64 of a string's UTF-8 bytes with `seed`.
+public func xxh3_64(_ string: String, seed: UInt64 = 0) -> UInt64 {
+    var copy = string
+    return copy.withUTF8 { xxh3_64(UnsafeRawBufferPointer($0), seed: seed) }
+}
+
+/// XXH3-128 of `bytes`, as hex. The corresponding C function is `XXH3_128bits`.
+public func xxh3_128Hex(_ bytes: UnsafeRawBufferPointer) -> String {
+    let h = XXH3_128bits(bytes.baseAddress, bytes.count)
+    return hex64(h.high64) + hex64(h.low64)
+}
+
+/// XXH64 of `bytes` (used for activation-cache chunks). The corresponding C function is `XXH64`.
+public func xxh64(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
+    XXH64(bytes.baseAddress, bytes.count, seed)
+}
+
+/// 16 lower-case hex digits.
+public func hex64(_ value: UInt64) -> String {
+    let digits = String(value, radix: 16)
+    return String(repeating: "0", count: 16 - digits.count) + digits
+}

@@ -1,0 +1,87 @@
+// OutputFile: a file written sequentially under a temporary name and renamed into place when complete.
+import Glibc
+
+/// A file being written. Bytes go to `<path>.partial`; `commit()` fsyncs and renames it to `path`, so
+/// a file under its final name is always complete. A crashed run leaves only `.partial` files behind,
+/// which `open(resumingAt:)` can continue.
+public final class OutputFile {
+    public let path: String
+    public let temporaryPath: String
+    private var fd: Int32
+    public private(set) var position: Int
+
+    /// Creates (truncating) `path + ".partial"`.
+    public init(path: String) throws(SystemError) {
+        self.path = path
+        temporaryPath = path + ".partial"
+        fd = try Syscalls.open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC)
+        position = 0
+    }
+
+    /// Reopens an existing `.partial` file, truncated to `offset` bytes, to continue writing after a crash.
+    public init(path: String, resumingAt offset: Int) throws(SystemError) {
+        self.path = path
+        temporaryPath = path + ".partial"
+        fd = try Syscalls.open(temporaryPath, O_WRONLY)
+        try Syscalls.ftruncate(fd, offset, path: temporaryPath)
+        try Syscalls.lseek(fd, offset, path: temporaryPath)
+        position = offset
+    }
+
+    deinit {
+        if fd >= 0 { Syscalls.close(fd) }
+    }
+
+    /// Writes all of `bytes`, looping over short writes.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        guard var next = bytes.baseAddress else { return }
+        var remaining = bytes.count
+        while remaining > 0 {
+            let written = try Syscalls.write(fd, next, remaining, path: temporaryPath)
+            next += written
+            remaining -= written
+        }
+        position += bytes.count
+    }
+
+    /// Flushes to disk without closing, so a journal that records `position` never runs ahead of the data.
+    public func sync() throws(SystemError) {
+        try Syscalls.fsync(fd, path: temporaryPath)
+    }
+
+    /// Fsyncs, closes and renames the file to its final name, then fsyncs the directory so the rename survives a crash.
+    public func commit() throws(SystemError) {
+        try Syscalls.fsync(fd, path: temporaryPath)
+        Syscalls.close(fd)
+        fd = -1
+        try Syscalls.rename(temporaryPath, path)
+        try syncDirectory(of: path)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename, directory fsync.
+public func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws(SystemError) {
+    let file = try OutputFile(path: path)
+    var result: Result<Void, SystemError> = .success(())
+    bytes.withUnsafeBytes { raw in
+        do throws(SystemError) { try file.write(raw) } catch { result = .failure(error) }
+    }
+    try result.get()
+    try file.commit()
+}
+
+/// Fsyncs the directory holding `path`, making a rename inside it durable.
+public func syncDirectory(of path: String) throws(SystemError) {
+    let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+    let fd = try Syscalls.open(directory.isEmpty ? "/" : directory, O_RDONLY | O_DIRECTORY)
+    defer { Syscalls.close(fd) }
+    try Syscalls.fsync(fd, path: directory)
+}
+
+/// Removes a file if it exists.
+public func removeFileIfPresent(_ path: String) throws(SystemError) {
+    do { try Syscalls.unlink(path) } catch where error.errno == ENOENT {}
+}
+
+/// Peak resident set size of this process so far, in bytes (`getrusage`'s `ru_maxrss`).
+public func peakResidentBytes() -> Int { Syscalls.peakResidentBytes() }

@@ -1,0 +1,273 @@
+// MergeExecutor: runs a data-free plan layer by layer — merge in chunks, write, hash, journal, manifest last.
+import Checksum
+import Dispatch
+import FileIO
+import Foundation
+import MergeMethods
+import SafetensorsFormat
+
+/// Options of one `merge` run.
+public struct MergeOptions: Sendable {
+    public var outputDirectory: String
+    public var threads: Int
+    public var resume = false
+    public var force = false
+    /// Called after each layer with (layers done, layer count, bytes written so far).
+    public var progress: (@Sendable (Int, Int, Int) -> Void)? = nil
+
+    public init(outputDirectory: String, threads: Int, resume: Bool = false, force: Bool = false) {
+        self.outputDirectory = outputDirectory
+        self.threads = max(1, threads)
+        self.resume = resume
+        self.force = force
+    }
+}
+
+/// Runs `plan`, writing `options.outputDirectory`. Returns the manifest it wrote.
+public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Manifest {
+    let start = Date()
+    let out = options.outputDirectory
+    let fileManager = FileManager.default
+    let journalBefore = try prepareOutputDirectory(out, options: options)
+
+    let configHash = plan.config.canonicalText.utf8CString.withUnsafeBytes { xxh3_128Hex(UnsafeRawBufferPointer(rebasing: $0.dropLast())) }
+    let inputs = try hashInputs(plan, threads: options.threads)
+    var journal = Journal(
+        config_xxh3_128: configHash, inputs: inputs, tensors_done: 0, shard: 0, shard_position: 0,
+        shard_prefix_xxh3_128: "", finished_shards: [], tensor_hashes: [])
+    if let previous = journalBefore {
+        guard previous.config_xxh3_128 == configHash else {
+            throw MergeError.resume(path: out, detail: "the config changed since the interrupted run")
+        }
+        guard previous.inputs == inputs else {
+            throw MergeError.resume(path: out, detail: "an input file changed since the interrupted run")
+        }
+        journal = previous
+    }
+    try fileManager.createDirectory(atPath: out + "/.streammerge", withIntermediateDirectories: true)
+
+    let workers = min(options.threads, 64)
+    let writer = ShardStreamWriter(plan: plan, directory: out)
+    try writer.open(shard: journal.shard, resumingAt: journalBefore == nil ? nil : journal.shard_position,
+                    expectedPrefixHash: journal.shard_prefix_xxh3_128)
+    var tensorHashes = journal.tensor_hashes
+    var finishedShards = journal.finished_shards
+    let workspaces = (0..<workers).map { _ in MergeWorkspace(modelCount: plan.models.count, chunkSize: plan.chunkSize) }
+    let buffers = (0..<workers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: plan.chunkSize) }
+    let bytesOut = (0..<workers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * 8, alignment: 64) }
+    defer {
+        buffers.forEach { $0.deallocate() }
+        bytesOut.forEach { $0.deallocate() }
+    }
+
+    var layersDone = 0
+    for (layerNumber, layer) in plan.layers.enumerated() {
+        defer { layersDone = layerNumber + 1 }
+        guard layer.tensors.upperBound > journal.tensors_done else { continue }
+        for index in layer.tensors where index >= journal.tensors_done {
+            let tensor = plan.tensors[index]
+            let shardIndex = plan.shards.firstIndex { $0.tensors.contains(index) }!
+            if shardIndex != writer.shardIndex {
+                finishedShards.append(try writer.commit())
+                try writer.open(shard: shardIndex, resumingAt: nil, expectedPrefixHash: "")
+                journal = Journal(
+                    config_xxh3_128: configHash, inputs: inputs, tensors_done: index, shard: shardIndex,
+                    shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
+                    finished_shards: finishedShards, tensor_hashes: tensorHashes)
+                try journal.save(in: out)
+            }
+            let hash = try mergeTensor(tensor, plan: plan, writer: writer, workers: workers,
+                                       workspaces: workspaces, buffers: buffers, bytesOut: bytesOut)
+            tensorHashes.append(Manifest.TensorRecord(
+                name: tensor.name, file: plan.shards[shardIndex].fileName, dtype: tensor.outputDType.rawValue,
+                shape: tensor.shape, xxh3_64: hash))
+        }
+        try writer.sync()
+        journal = Journal(
+            config_xxh3_128: configHash, inputs: inputs, tensors_done: layer.tensors.upperBound, shard: writer.shardIndex,
+            shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
+            finished_shards: finishedShards, tensor_hashes: tensorHashes)
+        try journal.save(in: out)
+        options.progress?(layerNumber + 1, plan.layers.count, writer.totalWritten)
+    }
+    finishedShards.append(try writer.commit())
+
+    var outputs = finishedShards
+    if plan.shards.count > 1 { outputs.append(try writeIndex(plan, directory: out)) }
+    outputs += try writeHeads(plan, directory: out)
+    outputs += try copyModelFiles(plan, directory: out)
+
+    let manifest = Manifest(
+        tool: toolVersion, method: plan.config.method.rawValue, seed: plan.config.seed,
+        config_path: plan.config.path, config_xxh3_128: configHash, config: plan.config.canonicalText,
+        inputs: inputs, outputs: outputs.sorted { $0.path < $1.path }, tensors: tensorHashes,
+        layers: plan.layers.map { Manifest.LayerRecord(layer: $0.key.description, tensors: $0.tensors.count) },
+        run: Manifest.RunFigures(
+            wall_seconds: Date().timeIntervalSince(start), peak_rss_bytes: peakResidentBytes(),
+            bytes_read: plan.inputBytes, bytes_written: outputs.reduce(0) { $0 + $1.size },
+            threads: options.threads, resumed: journalBefore != nil))
+    try writeFileAtomically(out + "/" + Manifest.fileName, Array(try manifest.encoded()))
+    try? fileManager.removeItem(atPath: out + "/.streammerge")
+    return manifest
+}
+
+/// Refuses a non-empty output directory unless forced or resuming; returns the journal when resuming.
+private func prepareOutputDirectory(_ out: String, options: MergeOptions) throws -> Journal? {
+    let fileManager = FileManager.default
+    let existing = (try? fileManager.contentsOfDirectory(atPath: out)) ?? []
+    if options.resume {
+        guard let journal = try Journal.load(in: out) else {
+            if fileManager.fileExists(atPath: out + "/" + Manifest.fileName) {
+                throw MergeError.resume(path: out, detail: "the merge in this directory is already complete")
+            }
+            throw MergeError.resume(path: out, detail: "no journal (.streammerge/journal.json) to resume from")
+        }
+        return journal
+    }
+    if !existing.isEmpty {
+        guard options.force else { throw MergeError.outputNotEmpty(path: out) }
+        for entry in existing { try fileManager.removeItem(atPath: out + "/" + entry) }
+    }
+    try fileManager.createDirectory(atPath: out, withIntermediateDirectories: true)
+    return nil
+}
+
+/// XXH3-128 of every input weight file, read in pieces (not mapped, so it adds nothing to RSS).
+private func hashInputs(_ plan: MergePlan, threads: Int) throws -> [Manifest.FileRecord] {
+    let files = (plan.base.map { [$0] } ?? []).flatMap(\.files) + plan.models.flatMap(\.files)
+    var records = [Manifest.FileRecord?](repeating: nil, count: files.count)
+    var failure: Error?
+    let lock = NSLock()
+    records.withUnsafeMutableBufferPointer { slots in
+        forEachChunk(files.count, threads: threads) { _, index in
+            do {
+                let hasher = XXH3Hasher(.bits128)
+                let size = try FileReader.forEachPiece(of: files[index].path) { hasher.update($0) }
+                slots[index] = Manifest.FileRecord(path: files[index].path, size: size, xxh3_128: hasher.hexDigest())
+            } catch {
+                lock.withLock { failure = failure ?? error }
+            }
+        }
+    }
+    if let failure { throw failure }
+    return records.map { $0! }
+}
+
+/// Merges one tensor in windows of `workers` chunks: workers merge and convert in parallel, then the
+/// chunks are written and hashed in order. Returns the tensor's XXH3-64.
+private func mergeTensor(
+    _ tensor: PlannedTensor, plan: MergePlan, writer: ShardStreamWriter, workers: Int,
+    workspaces: [MergeWorkspace], buffers: [UnsafeMutablePointer<Float>], bytesOut: [UnsafeMutableRawPointer]
+) throws -> String {
+    let hasher = XXH3Hasher(.bits64)
+    let sources: [(SafetensorsFile, TensorInfo)] =
+        (tensor.baseName.map { [plan.base!.tensor($0)!] } ?? []) + zip(plan.models, tensor.modelNames).map { $0.tensor($1)! }
+    defer { for (file, info) in sources { file.mapping.releaseCovering(file.fileRange(of: info)) } }
+
+    guard let parameters = tensor.parameters else {
+        // Integer and bool tensors are carried through from the base byte for byte.
+        let (file, info) = sources[0]
+        let raw = UnsafeRawBufferPointer(start: file.dataAddress(of: info), count: info.byteCount)
+        for offset in stride(from: 0, to: raw.count, by: plan.chunkSize) {
+            let piece = UnsafeRawBufferPointer(rebasing: raw[offset..<min(raw.count, offset + plan.chunkSize)])
+            try writer.write(piece)
+            hasher.update(piece)
+            file.mapping.release(file.fileRange(of: info).lowerBound + offset ..< file.fileRange(of: info).lowerBound + offset + piece.count)
+        }
+        return hasher.hexDigest()
+    }
+
+    let hasBase = tensor.baseName != nil
+    let read: ChunkReader = { model, elements, destination in
+        let (file, info) = sources[(model ?? -1) + (hasBase ? 1 : 0)]
+        file.readFloats(info, elements: elements, into: destination)
+        file.mapping.release(file.fileRange(of: info, elements: elements))
+    }
+    let merger = TensorMerger(
+        method: plan.config.method, parameters: parameters, elementCount: tensor.elementCount,
+        canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read)
+    merger.prepare(threads: workers, workspaces: workspaces)
+
+    let outputSize = tensor.outputDType.size
+    var byteCounts = [Int](repeating: 0, count: workers)
+    for windowStart in stride(from: 0, to: merger.chunkCount, by: workers) {
+        let inWindow = min(workers, merger.chunkCount - windowStart)
+        byteCounts.withUnsafeMutableBufferPointer { counts in
+            forEachChunk(inWindow, threads: workers) { _, slot in
+                let chunk = windowStart + slot
+                let count = min(plan.chunkSize, tensor.elementCount - chunk * plan.chunkSize)
+                merger.merge(chunk: chunk, workspace: workspaces[slot], into: buffers[slot])
+                convertFromFloat(bytesOut[slot], from: buffers[slot], dtype: tensor.outputDType, count: count)
+                counts[slot] = count * outputSize
+            }
+        }
+        for slot in 0..<inWindow {
+            let piece = UnsafeRawBufferPointer(start: bytesOut[slot], count: byteCounts[slot])
+            try writer.write(piece)
+            hasher.update(piece)
+        }
+    }
+    return hasher.hexDigest()
+}
+
+/// `model.safetensors.index.json` for a sharded output.
+private func writeIndex(_ plan: MergePlan, directory: String) throws -> Manifest.FileRecord {
+    var weightMap: [String: String] = [:]
+    for shard in plan.shards { for tensor in plan.tensors[shard.tensors] { weightMap[tensor.name] = shard.fileName } }
+    let index: [String: Any] = ["metadata": ["total_size": plan.shards.reduce(0) { $0 + $1.layout.dataByteCount }], "weight_map": weightMap]
+    let data = try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    return try writeRecorded(directory, "model.safetensors.index.json", Array(data))
+}
+
+/// Writes `bytes` atomically under `directory/name` and returns its manifest record.
+func writeRecorded(_ directory: String, _ name: String, _ bytes: [UInt8]) throws -> Manifest.FileRecord {
+    try writeFileAtomically(directory + "/" + name, bytes)
+    return Manifest.FileRecord(path: name, size: bytes.count, xxh3_128: bytes.withUnsafeBytes { xxh3_128Hex($0) })
+}
+
+/// Task-specific tensors of each fine-tune, copied unchanged into `heads/<model>.safetensors`.
+private func writeHeads(_ plan: MergePlan, directory: String) throws -> [Manifest.FileRecord] {
+    guard !plan.heads.isEmpty else { return [] }
+    try FileManager.default.createDirectory(atPath: directory + "/heads", withIntermediateDirectories: true)
+    return try plan.heads.map { head in
+        let model = plan.models[head.modelIndex]
+        let entries = head.names.map { model.tensor($0)! }
+        let layout = SafetensorsLayout(entries.map { TensorSpec(name: $0.info.name, dtype: $0.info.dtype, shape: $0.info.shape) })
+        var bytes = layout.headerBytes
+        bytes.reserveCapacity(layout.fileSize)
+        for (file, info) in entries {
+            bytes.append(contentsOf: UnsafeRawBufferPointer(start: file.dataAddress(of: info), count: info.byteCount))
+        }
+        return try writeRecorded(directory, head.fileName, bytes)
+    }
+}
+
+/// config.json (with `torch_dtype` set to the output dtype) and the tokenizer files of `tokenizer_source`.
+private func copyModelFiles(_ plan: MergePlan, directory: String) throws -> [Manifest.FileRecord] {
+    var records: [Manifest.FileRecord] = []
+    let reference = plan.base ?? plan.models[0]
+    if reference.directory != nil, var config = reference.config {
+        if let dtype = plan.config.outputDType {
+            config["torch_dtype"] = ["F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"][dtype.rawValue]
+        }
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        records.append(try writeRecorded(directory, "config.json", Array(data)))
+    }
+    let tokenizerDirectory: String?
+    switch plan.config.tokenizerSource {
+    case nil, "base": tokenizerDirectory = reference.directory
+    case let source?:
+        let path = source.hasPrefix("model:") ? String(source.dropFirst(6)) : source
+        guard let model = plan.models.first(where: { $0.path.hasSuffix(path) || URL(fileURLWithPath: $0.path).lastPathComponent == path }) else {
+            throw MergeError.config(path: plan.config.path, detail: "tokenizer_source '\(source)' is neither 'base' nor one of the models")
+        }
+        tokenizerDirectory = model.directory
+    }
+    guard let tokenizerDirectory else { return records }
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                 "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json"] {
+        guard let data = FileManager.default.contents(atPath: tokenizerDirectory + "/" + name) else { continue }
+        records.append(try writeRecorded(directory, name, Array(data)))
+    }
+    return records
+}

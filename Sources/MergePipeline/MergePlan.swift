@@ -1,0 +1,204 @@
+// MergePlan: everything decided from headers alone — matched tensors, layers, parameters, shards, heads, memory.
+import Foundation
+import MergeMethods
+import SafetensorsFormat
+
+/// One output tensor and where its inputs live.
+public struct PlannedTensor: Sendable {
+    /// Name as the base model stores it; used in the output.
+    public let name: String
+    public let canonicalName: String
+    public let layer: LayerKey
+    public let shape: [Int]
+    public let inputDType: DType
+    public let outputDType: DType
+    /// Merge parameters; nil for integer/bool tensors, which are copied from the base unchanged.
+    public let parameters: TensorMergeParameters?
+    /// Stored names in the base (nil for linear without a base) and in each fine-tune.
+    public let baseName: String?
+    public let modelNames: [String]
+
+    public var elementCount: Int { shape.reduce(1, *) }
+    public var outputSpec: TensorSpec { TensorSpec(name: name, dtype: outputDType, shape: shape) }
+}
+
+/// An output shard: its file name and the tensors it holds, in plan order.
+public struct PlannedShard: Sendable {
+    public let fileName: String
+    public let tensors: Range<Int>
+    public let layout: SafetensorsLayout
+}
+
+/// Tensors a fine-tune has and the base lacks (e.g. a classification head), kept per model.
+public struct PlannedHead: Sendable {
+    public let modelIndex: Int
+    public let fileName: String
+    public let names: [String]
+}
+
+public struct MergePlan: @unchecked Sendable {
+    public let config: MergeConfig
+    public let base: ModelSource?
+    public let models: [ModelSource]
+    public let tensors: [PlannedTensor]
+    /// Layers in streaming order with the plan-tensor indices each holds.
+    public let layers: [(key: LayerKey, tensors: Range<Int>)]
+    public let shards: [PlannedShard]
+    public let heads: [PlannedHead]
+    public let chunkSize: Int
+
+    public static let defaultShardSize = 5_000_000_000
+    public static let defaultChunkSize = 1 << 19
+
+    /// Opens every input (headers only: tensor data is mapped, not read) and plans the merge.
+    /// - Throws: `SafetensorsError` or `MergeError` naming the file and tensor at fault.
+    public init(config: MergeConfig, shardSize: Int? = nil, chunkSize: Int = MergePlan.defaultChunkSize) throws {
+        self.config = config
+        self.chunkSize = chunkSize
+        let base = try config.basePath.map { try ModelSource(path: $0) }
+        let models = try config.models.map { try ModelSource(path: $0.path) }
+        self.base = base
+        self.models = models
+        let reference = base ?? models[0]
+        let naming = TensorNaming(modelType: reference.modelType ?? models.lazy.compactMap(\.modelType).first)
+        let referenceLabel = reference.path
+
+        // Canonical name → stored name, per model; two stored names may not collapse into one.
+        func canonicalMap(_ source: ModelSource) throws -> [String: String] {
+            var map: [String: String] = [:]
+            for name in source.names {
+                let canonical = naming.canonical(name)
+                if let other = map[canonical] {
+                    throw MergeError.incompatible(path: source.path, tensor: name, detail: "same tensor as '\(other)' once prefixes are stripped")
+                }
+                map[canonical] = name
+            }
+            return map
+        }
+        let modelMaps = try models.map(canonicalMap)
+        let blockCount = (reference.config?["num_hidden_layers"] as? Int)
+            ?? (reference.names.compactMap { name -> Int? in
+                if case let .block(i) = naming.layer(of: naming.canonical(name)) { return i } else { return nil }
+            }.max().map { $0 + 1 }) ?? 1
+
+        var planned: [PlannedTensor] = []
+        for name in reference.names {
+            let canonical = naming.canonical(name)
+            let (file, info) = reference.tensor(name)!
+            var modelNames: [String] = []
+            for (number, model) in models.enumerated() {
+                guard let stored = modelMaps[number][canonical], let (modelFile, modelInfo) = model.tensor(stored) else {
+                    throw MergeError.missingTensor(model: model.path, tensor: name, base: referenceLabel)
+                }
+                if modelInfo.shape != info.shape {
+                    throw MergeError.incompatible(path: modelFile.path, tensor: stored, detail: "shape \(modelInfo.shape) differs from \(info.shape) in \(file.path)")
+                }
+                if modelInfo.dtype != info.dtype {
+                    throw MergeError.incompatible(path: modelFile.path, tensor: stored, detail: "dtype \(modelInfo.dtype.rawValue) differs from \(info.dtype.rawValue) in \(file.path)")
+                }
+                modelNames.append(stored)
+            }
+            let layer = naming.layer(of: canonical)
+            let floating = info.dtype.isFloatingPoint
+            planned.append(PlannedTensor(
+                name: name, canonicalName: canonical, layer: layer, shape: info.shape, inputDType: info.dtype,
+                outputDType: floating ? (config.outputDType ?? info.dtype) : info.dtype,
+                parameters: floating ? try Self.parameters(config, layer: layer, blockCount: blockCount) : nil,
+                baseName: base == nil ? nil : name, modelNames: modelNames))
+        }
+        // Stable sort by layer keeps each layer's tensors in the reference's storage order.
+        planned = planned.enumerated().sorted { ($0.element.layer, $0.offset) < ($1.element.layer, $1.offset) }.map(\.element)
+        tensors = planned
+
+        var layers: [(key: LayerKey, tensors: Range<Int>)] = []
+        var start = 0
+        for index in 1...planned.count where index == planned.count || planned[index].layer != planned[start].layer {
+            layers.append((planned[start].layer, start..<index))
+            start = index
+        }
+        self.layers = layers
+        shards = Self.planShards(planned, limit: shardSize ?? config.shardSize ?? Self.defaultShardSize)
+
+        let referenceNames = Set(reference.names.map(naming.canonical))
+        var heads: [PlannedHead] = []
+        var usedNames = Set<String>()
+        for (number, model) in models.enumerated() {
+            let extra = model.names.filter { !referenceNames.contains(naming.canonical($0)) }
+            guard !extra.isEmpty else { continue }
+            var label = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent
+            if usedNames.contains(label) { label += "-\(number)" }
+            usedNames.insert(label)
+            heads.append(PlannedHead(modelIndex: number, fileName: "heads/\(label).safetensors", names: extra))
+        }
+        self.heads = heads
+    }
+
+    /// Resolves a tensor's method parameters: a model's own value, else the top-level default;
+    /// gradients are evaluated at the layer's relative depth t (embeddings 0, final layers 1).
+    static func parameters(_ config: MergeConfig, layer: LayerKey, blockCount: Int) throws -> TensorMergeParameters {
+        let t: Double = switch layer {
+        case .embeddings: 0
+        case let .block(i): blockCount > 1 ? Double(i) / Double(blockCount - 1) : 0
+        case .final: 1
+        }
+        func value(_ key: String, model: ModelEntry?, default fallback: Double) -> Double {
+            (model?.parameters[key] ?? config.parameters[key])?.value(at: t) ?? fallback
+        }
+        let method = config.method
+        let weights = config.models.map { Float(value("weight", model: $0, default: 1)) }
+        let densities = config.models.map { value("density", model: $0, default: 1) }
+        for (number, density) in densities.enumerated() where !(density > 0) {
+            throw MergeError.config(path: config.path, detail: "models[\(number)]: density must be > 0, got \(density)")
+        }
+        let normalize = value("normalize", model: nil, default: method.normalizesByDefault ? 1 : 0) != 0
+        let lambda = Float(value("lambda", model: nil, default: 1))
+        var rescale: DARERescale = .density
+        if config.parameters["rescale_norm"]?.value(at: t) == 1 { rescale = .l1 }
+        if config.parameters["rescale"]?.value(at: t) == 0 { rescale = .none }
+        if normalize && [MergeMethod.linear, .taskArithmetic, .dareLinear].contains(method) && weights.reduce(0, +) == 0 {
+            throw MergeError.config(path: config.path, detail: "weights sum to zero, cannot normalize")
+        }
+        return TensorMergeParameters(weights: weights, densities: densities, lambda: lambda, normalize: normalize, rescale: rescale)
+    }
+
+    /// Fills shards in plan order, starting a new one when the next tensor would pass `limit`
+    /// (as transformers' `save_pretrained` does). One shard is `model.safetensors`, several are
+    /// `model-0000k-of-0000n.safetensors` with an index.
+    static func planShards(_ tensors: [PlannedTensor], limit: Int) -> [PlannedShard] {
+        var ranges: [Range<Int>] = []
+        var start = 0, bytes = 0
+        for (index, tensor) in tensors.enumerated() {
+            let size = tensor.outputSpec.byteCount
+            if index > start && bytes + size > limit {
+                ranges.append(start..<index)
+                start = index
+                bytes = 0
+            }
+            bytes += size
+        }
+        ranges.append(start..<tensors.count)
+        let count = ranges.count
+        return ranges.enumerated().map { number, range in
+            let name = count == 1 ? "model.safetensors" : String(format: "model-%05d-of-%05d.safetensors", number + 1, count)
+            return PlannedShard(fileName: name, tensors: range, layout: SafetensorsLayout(tensors[range].map(\.outputSpec)))
+        }
+    }
+
+    // MARK: - Figures
+
+    public var inputBytes: Int { (base.map { [$0] } ?? []).reduce(0) { $0 + $1.byteCount } + models.reduce(0) { $0 + $1.byteCount } }
+    public var outputBytes: Int { shards.reduce(0) { $0 + $1.layout.fileSize } }
+
+    /// Peak memory the data-free executor needs with `threads` workers: per worker one chunk of every
+    /// input plus scratch, the output chunk in f32 and converted, and what the process itself holds.
+    public func estimatedPeakBytes(threads: Int) -> Int {
+        let perWorker = MergeWorkspace.byteCount(modelCount: models.count, chunkSize: chunkSize) + chunkSize * (4 + 8)
+        // Each worker can also hold up to one chunk of mapped input pages per model not yet released.
+        let mappedInFlight = (models.count + 1) * chunkSize * 4
+        let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
+        return Self.processBaseline + threads * (perWorker + mappedInFlight) + headerBytes
+    }
+
+    /// Resident memory of the runtime, libraries and code before any merge work (measured, rounded up).
+    public static let processBaseline = 40 << 20
+}
