@@ -25,6 +25,9 @@ extension StreamMerge {
         }
 
         func run() throws {
+            // Past a file-size limit, write(2) should fail with EFBIG (reported, exit 1) rather than
+            // the default SIGXFSZ killing the process without a word.
+            signal(SIGXFSZ, SIG_IGN)
             let manifest = try reportingErrors { () throws -> Manifest in
                 var loaded = try MergeConfig.load(path: config)
                 if let seed { loaded.seed = seed }

@@ -87,13 +87,14 @@ public struct MergeConfig: Sendable {
         }
         if root["distill"] != nil { throw fail("'distill' applies only to data-driven methods, not '\(methodName)'") }
 
-        let directory = (path as NSString).deletingLastPathComponent
+        // Absolute paths keep the manifest's input list usable from any working directory.
+        let directory = (URL(fileURLWithPath: path).standardizedFileURL.path as NSString).deletingLastPathComponent
         func resolve(_ modelPath: String) -> String {
             if modelPath.hasPrefix("/") { return modelPath }
             // Relative paths are looked up beside the config first, then (as mergekit does) in the working directory.
-            let besideConfig = ((directory.isEmpty ? "." : directory) as NSString).appendingPathComponent(modelPath)
+            let besideConfig = (directory as NSString).appendingPathComponent(modelPath)
             if FileManager.default.fileExists(atPath: besideConfig) { return (besideConfig as NSString).standardizingPath }
-            return (FileManager.default.currentDirectoryPath as NSString).appendingPathComponent(modelPath)
+            return ((FileManager.default.currentDirectoryPath as NSString).appendingPathComponent(modelPath) as NSString).standardizingPath
         }
 
         let parameters = try parseParameters(root["parameters"], context: "parameters", fail: fail)

@@ -1,0 +1,131 @@
+// IdentityTests: DESIGN.md §7's identities, and chunking/thread independence, on in-memory tensors.
+import MergeMethods
+import Testing
+
+/// Runs one tensor's merge over in-memory inputs with the given chunk size and thread count.
+func mergeInMemory(
+    _ method: MergeMethod, base: [Float], models: [[Float]], parameters: TensorMergeParameters,
+    chunkSize: Int = 64, threads: Int = 1, seed: UInt64 = 0, name: String = "layers.0.mlp.up_proj.weight"
+) -> [Float] {
+    let inputs = [base] + models
+    let read: ChunkReader = { model, elements, destination in
+        let source = inputs[(model ?? -1) + 1]
+        for (offset, j) in elements.enumerated() { destination[offset] = source[j] }
+    }
+    let merger = TensorMerger(method: method, parameters: parameters, elementCount: base.count, canonicalName: name,
+                              seed: seed, chunkSize: chunkSize, read: read)
+    let workspaces = (0..<threads).map { _ in MergeWorkspace(modelCount: models.count, chunkSize: chunkSize) }
+    merger.prepare(threads: threads, workspaces: workspaces)
+    var output = [Float](repeating: .nan, count: base.count)
+    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: chunkSize)
+    defer { buffer.deallocate() }
+    for chunk in 0..<merger.chunkCount {
+        merger.merge(chunk: chunk, workspace: workspaces[chunk % threads], into: buffer)
+        for j in 0..<min(chunkSize, base.count - chunk * chunkSize) { output[chunk * chunkSize + j] = buffer[j] }
+    }
+    return output
+}
+
+/// Deterministic pseudo-random values (the test must not depend on global randomness).
+func values(_ count: Int, seed: UInt64, scale: Float) -> [Float] {
+    (0..<count).map { Float(Double(splitMix64(seed &* 1000 &+ UInt64($0)) >> 11) * 0x1p-53 - 0.5) * 2 * scale }
+}
+
+@Suite("Merge identities")
+struct IdentityTests {
+    let base = values(1000, seed: 1, scale: 0.05)
+
+    @Test("All task vectors zero give the base exactly", arguments: MergeMethod.allCases.filter { $0 != .linear })
+    func zeroTaskVectors(method: MergeMethod) {
+        let parameters = TensorMergeParameters(weights: [1, 0.5, 2], densities: [0.5, 0.7, 0.3], lambda: 0.8, normalize: method.normalizesByDefault)
+        let merged = mergeInMemory(method, base: base, models: [base, base, base], parameters: parameters)
+        #expect(merged == base)
+    }
+
+    @Test("T identical fine-tunes with task arithmetic λ = 1/T give that fine-tune")
+    func identicalFineTunes() {
+        let tuned = zip(base, values(1000, seed: 2, scale: 0.01)).map(+)
+        let merged = mergeInMemory(.taskArithmetic, base: base, models: [tuned, tuned, tuned],
+                                   parameters: .init(weights: [1, 1, 1], densities: [1, 1, 1], lambda: 1.0 / 3, normalize: false))
+        let (error, _) = maxAbsError(merged, tuned)
+        #expect(error < 1e-7)
+    }
+
+    @Test("DARE with density 1 is the underlying merge", arguments: [(MergeMethod.dareLinear, MergeMethod.taskArithmetic), (.dareTies, .ties)])
+    func dareDensityOne(dare: MergeMethod, underlying: MergeMethod) {
+        let models = (3...5).map { s in zip(base, values(1000, seed: UInt64(s), scale: 0.01)).map(+) }
+        let parameters = TensorMergeParameters(weights: [1, 0.6, 0.8], densities: [1, 1, 1], lambda: 0.9, normalize: true)
+        #expect(mergeInMemory(dare, base: base, models: models, parameters: parameters)
+                == mergeInMemory(underlying, base: base, models: models, parameters: parameters))
+    }
+
+    @Test("TIES with density 1 and agreeing signs is θ₀ + λ·Σwᵢτᵢ/Σwᵢ")
+    func tiesAgreeingSigns() {
+        let direction = values(1000, seed: 9, scale: 0.01)
+        let scales: [Float] = [1, 0.5, 2]
+        let models = scales.map { s in zip(base, direction).map { $0 + s * $1 } }
+        let weights: [Float] = [1, 0.6, 0.8]
+        let merged = mergeInMemory(.ties, base: base, models: models,
+                                   parameters: .init(weights: weights, densities: [1, 1, 1], lambda: 0.7, normalize: true))
+        let expected = (0..<1000).map { j -> Float in
+            let tau = models.map { $0[j] - base[j] }
+            let sum = zip(weights, tau).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+            return base[j] + 0.7 * (sum / weights.reduce(0, +))
+        }
+        #expect(maxAbsError(merged, expected).error < 1e-6)
+    }
+
+    @Test("TIES keeps exactly ⌊density·n⌋ elements per task vector, ties broken by lower index")
+    func tiesKeepsTopK() {
+        // One fine-tune, normalize off, λ 1: the output minus base is exactly the trimmed τ.
+        var tau = values(1000, seed: 11, scale: 1)
+        for j in stride(from: 0, to: 1000, by: 10) { tau[j] = 0.25 }  // 100 ties straddling the threshold
+        let tuned = zip(base, tau).map(+)
+        let merged = mergeInMemory(.ties, base: base, models: [tuned],
+                                   parameters: .init(weights: [1], densities: [0.5], lambda: 1, normalize: false), chunkSize: 37)
+        let kept = (0..<1000).filter { merged[$0] != base[$0] }
+        #expect(kept.count == 500)
+        let order = (0..<1000).sorted { (abs(tuned[$0] - base[$0]), -$0) > (abs(tuned[$1] - base[$1]), -$1) }
+        #expect(Set(kept) == Set(order.prefix(500)))
+    }
+
+    @Test("Output does not depend on chunk size or thread count", arguments: MergeMethod.allCases)
+    func chunkingAndThreads(method: MergeMethod) {
+        let models = (3...5).map { s in zip(base, values(1000, seed: UInt64(s), scale: 0.01)).map(+) }
+        var parameters = TensorMergeParameters(weights: [1, 0.6, 0.8], densities: [0.4, 0.6, 0.5], lambda: 0.9, normalize: method.normalizesByDefault)
+        let reference = mergeInMemory(method, base: base, models: models, parameters: parameters, chunkSize: 1000, threads: 1, seed: 3)
+        #expect(mergeInMemory(method, base: base, models: models, parameters: parameters, chunkSize: 64, threads: 3, seed: 3) == reference)
+        #expect(mergeInMemory(method, base: base, models: models, parameters: parameters, chunkSize: 7, threads: 2, seed: 3) == reference)
+        if method == .dareTies || method == .dareLinear {
+            #expect(mergeInMemory(method, base: base, models: models, parameters: parameters, seed: 4) != reference, "the seed must matter")
+            parameters.rescale = .l1
+            let l1 = mergeInMemory(method, base: base, models: models, parameters: parameters, chunkSize: 1000, seed: 3)
+            #expect(mergeInMemory(method, base: base, models: models, parameters: parameters, chunkSize: 13, threads: 2, seed: 3) == l1)
+        }
+    }
+
+    @Test("DARE keeps about density of the elements and rescales them by 1/density")
+    func dareRescale() {
+        let tau = [Float](repeating: 0.01, count: 20000)
+        let base = [Float](repeating: 0, count: 20000)
+        let merged = mergeInMemory(.dareLinear, base: base, models: [tau],
+                                   parameters: .init(weights: [1], densities: [0.3], lambda: 1, normalize: false), chunkSize: 4096)
+        let kept = merged.filter { $0 != 0 }
+        #expect(abs(Double(kept.count) / 20000 - 0.3) < 0.02)
+        #expect(kept.allSatisfy { $0 == Float(0.01) / Float(0.3) })
+    }
+
+    @Test("linear is the weighted mean of the models and ignores the base")
+    func linear() {
+        let a = values(100, seed: 20, scale: 1), b = values(100, seed: 21, scale: 1)
+        let merged = mergeInMemory(.linear, base: [Float](repeating: 99, count: 100), models: [a, b],
+                                   parameters: .init(weights: [1, 3], densities: [1, 1], normalize: true))
+        #expect(maxAbsError(merged, zip(a, b).map { ($0 + 3 * $1) / 4 }).error < 1e-6)
+    }
+}
+
+func maxAbsError(_ a: [Float], _ b: [Float]) -> (error: Float, index: Int) {
+    var worst: Float = 0, at = -1
+    for i in a.indices where abs(a[i] - b[i]) > worst || a[i].isNaN { worst = abs(a[i] - b[i]); at = i }
+    return (worst, at)
+}
