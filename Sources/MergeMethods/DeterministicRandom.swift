@@ -22,9 +22,14 @@ public struct DropoutStream: Sendable {
         key = splitMix64(xxh3_64(tensorName, seed: seed) &+ UInt64(modelIndex))
     }
 
+    /// The integer form of `u < density` for u = bits·2⁻⁵³: bits < ⌈density·2⁵³⌉ (the scaling is exact),
+    /// which spares an int-to-double conversion per element.
+    public static func keepThreshold(density: Double) -> UInt64 {
+        UInt64((min(max(density, 0), 1) * 0x1p53).rounded(.up))
+    }
+
     @inline(__always)
-    public func keeps(_ element: Int, density: Double) -> Bool {
-        let bits = splitMix64(key &+ UInt64(element)) >> 11
-        return Double(bits) * 0x1p-53 < density
+    public func keeps(_ element: Int, threshold: UInt64) -> Bool {
+        splitMix64(key &+ UInt64(element)) >> 11 < threshold
     }
 }

@@ -10,21 +10,21 @@ public struct MagnitudeThreshold: Sendable {
     public let thresholdBits: UInt32
     /// How many elements equal to the threshold are kept, counted in index order.
     public let keptAtThreshold: Int
-    /// Elements equal to the threshold in the chunks before each chunk, when some of them are dropped.
-    public var equalBeforeChunk: [Int]?
+    /// Whether only some of the elements equal to the threshold are kept, so merging must count them.
+    public let dropsSomeTies: Bool
     /// Keep all (density ≥ 1) or none (k = 0).
     public let keepAll: Bool
     public let keepNone: Bool
 
-    public init(thresholdBits: UInt32, keptAtThreshold: Int, equalBeforeChunk: [Int]?, keepAll: Bool, keepNone: Bool) {
+    public init(thresholdBits: UInt32, keptAtThreshold: Int, dropsSomeTies: Bool, keepAll: Bool, keepNone: Bool) {
         self.thresholdBits = thresholdBits
         self.keptAtThreshold = keptAtThreshold
-        self.equalBeforeChunk = equalBeforeChunk
+        self.dropsSomeTies = dropsSomeTies
         self.keepAll = keepAll
         self.keepNone = keepNone
     }
 
-    public static let keepEverything = MagnitudeThreshold(thresholdBits: 0, keptAtThreshold: 0, equalBeforeChunk: nil, keepAll: true, keepNone: false)
+    public static let keepEverything = MagnitudeThreshold(thresholdBits: 0, keptAtThreshold: 0, dropsSomeTies: false, keepAll: true, keepNone: false)
 }
 
 @inline(__always)

@@ -5,12 +5,13 @@ import Dispatch
 /// The reader is expected to release the source pages it has converted.
 public typealias ChunkReader = @Sendable (_ model: Int?, _ elements: Range<Int>, _ into: UnsafeMutablePointer<Float>) -> Void
 
-/// Per-thread scratch: one chunk of the base, of each fine-tune, and of a running sum.
+/// Per-thread scratch: one chunk of the base, of each fine-tune, and of three running sums.
 public final class MergeWorkspace: @unchecked Sendable {
     let base: UnsafeMutablePointer<Float>
     let models: [UnsafeMutablePointer<Float>]
     let accumulator: UnsafeMutablePointer<Float>
     let divisor: UnsafeMutablePointer<Float>
+    let scratch: UnsafeMutablePointer<Float>
     let chunkSize: Int
 
     public init(modelCount: Int, chunkSize: Int) {
@@ -19,6 +20,7 @@ public final class MergeWorkspace: @unchecked Sendable {
         models = (0..<modelCount).map { _ in .allocate(capacity: chunkSize) }
         accumulator = .allocate(capacity: chunkSize)
         divisor = .allocate(capacity: chunkSize)
+        scratch = .allocate(capacity: chunkSize)
     }
 
     deinit {
@@ -26,10 +28,11 @@ public final class MergeWorkspace: @unchecked Sendable {
         models.forEach { $0.deallocate() }
         accumulator.deallocate()
         divisor.deallocate()
+        scratch.deallocate()
     }
 
     /// Bytes held, for memory estimates.
-    public static func byteCount(modelCount: Int, chunkSize: Int) -> Int { (modelCount + 3) * chunkSize * 4 }
+    public static func byteCount(modelCount: Int, chunkSize: Int) -> Int { (modelCount + 4) * chunkSize * 4 }
 }
 
 /// Runs `body(worker, chunk)` over `chunkCount` chunks on `threads` workers, chunk c on worker c % threads.
@@ -46,7 +49,7 @@ public func forEachChunk(_ chunkCount: Int, threads: Int, _ body: (_ worker: Int
 }
 
 /// One tensor's merge. `prepare` runs the whole-tensor passes a method needs (TIES thresholds,
-/// DARE's L1 norms); `merge(chunk:)` then produces any chunk independently.
+/// DARE's L1 norms); `mergeWindow` then produces the chunks, a window of them at a time, in order.
 public final class TensorMerger: @unchecked Sendable {
     public let method: MergeMethod
     public let parameters: TensorMergeParameters
@@ -58,6 +61,9 @@ public final class TensorMerger: @unchecked Sendable {
     var thresholds: [MagnitudeThreshold]
     /// Per fine-tune multiplier applied to kept DARE elements.
     var dareScale: [Float]
+    /// Merging state: the next chunk `mergeWindow` expects, and per fine-tune the TIES ties seen so far.
+    var nextChunk = 0
+    var tiesSeen: [Int]
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
                 seed: UInt64, chunkSize: Int, read: @escaping ChunkReader) {
@@ -70,6 +76,7 @@ public final class TensorMerger: @unchecked Sendable {
         dropout = (0..<parameters.weights.count).map { DropoutStream(seed: seed, tensorName: canonicalName, modelIndex: $0) }
         thresholds = Array(repeating: .keepEverything, count: parameters.weights.count)
         dareScale = parameters.densities.map { $0 >= 1 ? 1 : Float(1 / $0) }
+        tiesSeen = Array(repeating: 0, count: parameters.weights.count)
     }
 
     public var chunkCount: Int { (elementCount + chunkSize - 1) / chunkSize }
@@ -153,46 +160,19 @@ public final class TensorMerger: @unchecked Sendable {
                 }
             }
         }
-        var needsEqualCounts = false
         for model in 0..<modelCount {
             if targets[model] < 0 { thresholds[model] = .keepEverything; continue }
             if targets[model] == 0 {
-                thresholds[model] = MagnitudeThreshold(thresholdBits: 0, keptAtThreshold: 0, equalBeforeChunk: nil, keepAll: false, keepNone: true)
+                thresholds[model] = MagnitudeThreshold(thresholdBits: 0, keptAtThreshold: 0, dropsSomeTies: false, keepAll: false, keepNone: true)
                 continue
             }
             var total = Histogram16()
             for worker in 0..<workers { total.add(low[worker][model]) }
             let (lowBin, aboveLow) = total.binHolding(rank: targets[model] - aboveHigh[model])
             let kept = targets[model] - aboveHigh[model] - aboveLow
-            let dropsSome = kept < total.counts[lowBin]
-            needsEqualCounts = needsEqualCounts || dropsSome
             thresholds[model] = MagnitudeThreshold(
                 thresholdBits: UInt32(highBin[model]) << 16 | UInt32(lowBin), keptAtThreshold: kept,
-                equalBeforeChunk: dropsSome ? [] : nil, keepAll: false, keepNone: false)
-        }
-        guard needsEqualCounts else { return }
-
-        // Pass 3, only when the k-th magnitude is tied and some of the ties are dropped: count the
-        // tied elements per chunk so each chunk knows how many came before it in index order.
-        var equalPerChunk = Array(repeating: [Int](repeating: 0, count: chunkCount), count: modelCount)
-        equalPerChunk.withUnsafeMutableBufferPointer { perModel in
-            forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
-                let range = loadTaskVectors(chunk: chunk, workspaces[worker])
-                for model in 0..<modelCount where thresholds[model].equalBeforeChunk != nil {
-                    let tau = workspaces[worker].models[model]
-                    let threshold = thresholds[model].thresholdBits
-                    var count = 0
-                    for j in 0..<range.count where magnitudeBits(tau[j]) == threshold { count += 1 }
-                    perModel[model][chunk] = count
-                }
-            }
-        }
-        for model in 0..<modelCount where thresholds[model].equalBeforeChunk != nil {
-            var running = 0
-            thresholds[model].equalBeforeChunk = equalPerChunk[model].map { count in
-                defer { running += count }
-                return running
-            }
+                dropsSomeTies: kept < total.counts[lowBin], keepAll: false, keepNone: false)
         }
     }
 
@@ -207,10 +187,11 @@ public final class TensorMerger: @unchecked Sendable {
                 for model in 0..<modelCount where parameters.densities[model] < 1 {
                     let tau = workspaces[worker].models[model]
                     var full = 0.0, kept = 0.0
+                    let threshold = DropoutStream.keepThreshold(density: parameters.densities[model])
                     for j in 0..<range.count {
                         let magnitude = Double(abs(tau[j]))
                         full += magnitude
-                        if dropout[model].keeps(range.lowerBound + j, density: parameters.densities[model]) { kept += magnitude }
+                        if dropout[model].keeps(range.lowerBound + j, threshold: threshold) { kept += magnitude }
                     }
                     perModel[model][chunk] = (full, kept)
                 }
@@ -223,42 +204,89 @@ public final class TensorMerger: @unchecked Sendable {
         }
     }
 
-    // MARK: - Merging a chunk
+    // MARK: - Merging
 
-    /// Writes the merged f32 values of `chunk` to `output` (chunk-sized).
-    public func merge(chunk: Int, workspace: MergeWorkspace, into output: UnsafeMutablePointer<Float>) {
-        if method == .linear { return mergeLinear(chunk: chunk, workspace, output) }
-        let range = loadTaskVectors(chunk: chunk, workspace)
+    /// Merges chunks `first ..< first + outputs.count` (one per workspace and output buffer, chunk-sized
+    /// f32) on up to `threads` workers. Windows must come in order: where TIES drops some of the elements
+    /// tied at its threshold, which ones depends on how many ties earlier chunks held, so each window
+    /// first loads its chunks and counts their ties, then sparsifies and combines them.
+    public func mergeWindow(first: Int, workspaces: [MergeWorkspace], outputs: [UnsafeMutablePointer<Float>], threads: Int) {
+        precondition(first == nextChunk, "windows must be merged in order")
+        let count = outputs.count
+        var tieCounts = Array(repeating: [Int](repeating: 0, count: modelCount), count: count)
+        tieCounts.withUnsafeMutableBufferPointer { counts in
+            forEachChunk(count, threads: threads) { _, slot in
+                counts[slot] = load(chunk: first + slot, workspaces[slot])
+            }
+        }
+        var tieRanges: [[Range<Int>]] = []
+        for slot in 0..<count {
+            tieRanges.append((0..<modelCount).map { model in
+                let before = tiesSeen[model]
+                tiesSeen[model] += tieCounts[slot].isEmpty ? 0 : tieCounts[slot][model]
+                return before..<tiesSeen[model]
+            })
+        }
+        forEachChunk(count, threads: threads) { _, slot in
+            combine(chunk: first + slot, workspaces[slot], ties: tieRanges[slot], into: outputs[slot])
+        }
+        nextChunk += count
+    }
+
+    /// Reads a chunk's inputs into `workspace` (τᵢ, or θᵢ for linear) and counts, per fine-tune whose
+    /// threshold drops some ties, the elements tied at it.
+    private func load(chunk: Int, _ workspace: MergeWorkspace) -> [Int] {
+        let range = elements(ofChunk: chunk)
+        if method == .linear {
+            for model in 0..<modelCount { read(model, range, workspace.models[model]) }
+            return []
+        }
+        _ = loadTaskVectors(chunk: chunk, workspace)
+        return thresholds.enumerated().map { model, threshold in
+            guard threshold.dropsSomeTies else { return 0 }
+            let tau = workspace.models[model], bits = threshold.thresholdBits
+            var ties = 0
+            for j in 0..<range.count { ties += magnitudeBits(tau[j]) == bits ? 1 : 0 }
+            return ties
+        }
+    }
+
+    /// Sparsifies the loaded task vectors and combines them into the merged chunk. `ties[i]` numbers the
+    /// elements of this chunk tied at fine-tune i's TIES threshold, counted over the whole tensor.
+    private func combine(chunk: Int, _ workspace: MergeWorkspace, ties: [Range<Int>], into output: UnsafeMutablePointer<Float>) {
+        let range = elements(ofChunk: chunk)
         let count = range.count
-        for model in 0..<modelCount { sparsify(model: model, chunk: chunk, range: range, workspace.models[model]) }
+        if method == .linear { return combineLinear(count: count, workspace, output) }
+        for model in 0..<modelCount { sparsify(model: model, range: range, ties: ties[model], workspace.models[model]) }
         let weights = parameters.weights
         let acc = workspace.accumulator
         let div = workspace.divisor
         if method.electsSign {
-            // dᵢ = wᵢ·τ̂ᵢ; the majority sign is the sign of Σdᵢ (≥ 0 → +); only agreeing dᵢ are summed.
+            // dᵢ = wᵢ·τ̂ᵢ; the majority sign is the sign of Σdᵢ (≥ 0 → +); only dᵢ of that sign are summed,
+            // and with normalize divided by the sum of their weights. Loops run model by model over
+            // the chunk so they vectorise; the additions happen in the reference's order per element.
+            let sum = workspace.scratch
+            sum.update(repeating: 0, count: count)
+            acc.update(repeating: 0, count: count)
+            div.update(repeating: 0, count: count)
             for model in 0..<modelCount {
-                let w = weights[model], tau = workspace.models[model]
-                for j in 0..<count { tau[j] = w * tau[j] }
-            }
-            for j in 0..<count {
-                var sum: Float = 0
-                for model in 0..<modelCount { sum = sum + workspace.models[model][j] }
-                let positive = sum >= 0
-                var mixed: Float = 0, weightSum: Float = 0
-                for model in 0..<modelCount {
-                    let d = workspace.models[model][j]
-                    if positive ? d > 0 : d < 0 {
-                        mixed = mixed + d
-                        weightSum = weightSum + weights[model]
-                    } else {
-                        mixed = mixed + 0
-                        weightSum = weightSum + 0
-                    }
+                let w = weights[model], d = workspace.models[model]
+                for j in 0..<count {
+                    d[j] = w * d[j]
+                    sum[j] = sum[j] + d[j]
                 }
-                acc[j] = mixed
-                div[j] = weightSum == 0 ? 1 : weightSum
             }
-            if parameters.normalize { for j in 0..<count { acc[j] = acc[j] / div[j] } }
+            for model in 0..<modelCount {
+                let w = weights[model], d = workspace.models[model]
+                for j in 0..<count {
+                    let agrees = sum[j] >= 0 ? d[j] > 0 : d[j] < 0
+                    acc[j] = acc[j] + (agrees ? d[j] : 0)
+                    div[j] = div[j] + (agrees ? w : 0)
+                }
+            }
+            if parameters.normalize {
+                for j in 0..<count { acc[j] = acc[j] / (div[j] == 0 ? 1 : div[j]) }
+            }
         } else {
             acc.update(repeating: 0, count: count)
             for model in 0..<modelCount {
@@ -275,21 +303,19 @@ public final class TensorMerger: @unchecked Sendable {
     }
 
     /// linear: Σwᵢθᵢ, divided by Σwᵢ when normalising. The base model takes no part.
-    private func mergeLinear(chunk: Int, _ workspace: MergeWorkspace, _ output: UnsafeMutablePointer<Float>) {
-        let range = elements(ofChunk: chunk)
+    private func combineLinear(count: Int, _ workspace: MergeWorkspace, _ output: UnsafeMutablePointer<Float>) {
         let acc = workspace.accumulator
-        acc.update(repeating: 0, count: range.count)
+        acc.update(repeating: 0, count: count)
         for model in 0..<modelCount {
             let theta = workspace.models[model], w = parameters.weights[model]
-            read(model, range, theta)
-            for j in 0..<range.count { acc[j] = acc[j] + w * theta[j] }
+            for j in 0..<count { acc[j] = acc[j] + w * theta[j] }
         }
         let total = parameters.normalize ? parameters.weights.reduce(Float(0)) { $0 + $1 } : 1
-        for j in 0..<range.count { output[j] = parameters.normalize ? acc[j] / total : acc[j] }
+        for j in 0..<count { output[j] = parameters.normalize ? acc[j] / total : acc[j] }
     }
 
     /// Zeroes the elements of τ that the method drops, rescaling DARE's survivors.
-    private func sparsify(model: Int, chunk: Int, range: Range<Int>, _ tau: UnsafeMutablePointer<Float>) {
+    private func sparsify(model: Int, range: Range<Int>, ties: Range<Int>, _ tau: UnsafeMutablePointer<Float>) {
         let density = parameters.densities[model]
         switch method.sparsification {
         case .none:
@@ -299,32 +325,40 @@ public final class TensorMerger: @unchecked Sendable {
             if threshold.keepAll { return }
             if threshold.keepNone { tau.update(repeating: 0, count: range.count); return }
             let bits = threshold.thresholdBits
-            var equalSeen = threshold.equalBeforeChunk?[chunk] ?? 0
-            let keepAllEqual = threshold.equalBeforeChunk == nil
-            for j in 0..<range.count {
-                let magnitude = magnitudeBits(tau[j])
-                if magnitude > bits { continue }
-                if magnitude == bits {
-                    if keepAllEqual || equalSeen < threshold.keptAtThreshold { equalSeen += 1; continue }
-                    equalSeen += 1
+            // Only the chunk where the kept ties run out needs the serial, counting loop; every other
+            // chunk keeps all its ties (|τ| ≥ t) or none (|τ| > t), which are branch-free and vectorise.
+            var lowest = bits
+            if threshold.dropsSomeTies {
+                if ties.lowerBound >= threshold.keptAtThreshold {
+                    lowest = bits + 1
+                } else if ties.upperBound > threshold.keptAtThreshold {
+                    var equalSeen = ties.lowerBound
+                    for j in 0..<range.count {
+                        let magnitude = magnitudeBits(tau[j])
+                        let keep = magnitude > bits || (magnitude == bits && equalSeen < threshold.keptAtThreshold)
+                        equalSeen += magnitude == bits ? 1 : 0
+                        tau[j] = keep ? tau[j] : 0
+                    }
+                    return
                 }
-                tau[j] = 0
             }
+            for j in 0..<range.count { tau[j] = magnitudeBits(tau[j]) >= lowest ? tau[j] : 0 }
         case .random:
             guard density < 1 else { return }
             let stream = dropout[model]
+            let threshold = DropoutStream.keepThreshold(density: density)
             switch parameters.rescale {
             case .density:
                 // (τ·m)/density, in that order, as the reference computes it.
                 let d = Float(density)
                 for j in 0..<range.count {
-                    let mask: Float = stream.keeps(range.lowerBound + j, density: density) ? 1 : 0
+                    let mask: Float = stream.keeps(range.lowerBound + j, threshold: threshold) ? 1 : 0
                     tau[j] = (tau[j] * mask) / d
                 }
             case .l1, .none:
                 let scale = parameters.rescale == .none ? 1 : dareScale[model]
                 for j in 0..<range.count {
-                    let mask: Float = stream.keeps(range.lowerBound + j, density: density) ? 1 : 0
+                    let mask: Float = stream.keeps(range.lowerBound + j, threshold: threshold) ? 1 : 0
                     tau[j] = (tau[j] * mask) * scale
                 }
             }

@@ -54,7 +54,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     var finishedShards = journal.finished_shards
     let workspaces = (0..<workers).map { _ in MergeWorkspace(modelCount: plan.models.count, chunkSize: plan.chunkSize) }
     let buffers = (0..<workers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: plan.chunkSize) }
-    let bytesOut = (0..<workers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * 8, alignment: 64) }
+    let bytesOut = (0..<2 * workers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * 8, alignment: 64) }
     defer {
         buffers.forEach { $0.deallocate() }
         bytesOut.forEach { $0.deallocate() }
@@ -188,26 +188,68 @@ private func mergeTensor(
         canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read)
     merger.prepare(threads: workers, workspaces: workspaces)
 
+    // Two sets of output buffers: workers fill one window while the writer thread drains the other,
+    // so computing and writing overlap. Each set is reused only after its previous write finished.
     let outputSize = tensor.outputDType.size
-    var byteCounts = [Int](repeating: 0, count: workers)
-    for windowStart in stride(from: 0, to: merger.chunkCount, by: workers) {
+    let pipeline = WritePipeline(writer: writer, hasher: hasher)
+    for (window, windowStart) in stride(from: 0, to: merger.chunkCount, by: workers).enumerated() {
+        let set = window % 2
+        pipeline.waitUntilDrained(set)
+        try pipeline.rethrow()
         let inWindow = min(workers, merger.chunkCount - windowStart)
-        byteCounts.withUnsafeMutableBufferPointer { counts in
+        merger.mergeWindow(first: windowStart, workspaces: Array(workspaces[0..<inWindow]),
+                           outputs: Array(buffers[0..<inWindow]), threads: workers)
+        var pieces = [UnsafeRawBufferPointer](repeating: UnsafeRawBufferPointer(start: nil, count: 0), count: inWindow)
+        pieces.withUnsafeMutableBufferPointer { slots in
             forEachChunk(inWindow, threads: workers) { _, slot in
-                let chunk = windowStart + slot
-                let count = min(plan.chunkSize, tensor.elementCount - chunk * plan.chunkSize)
-                merger.merge(chunk: chunk, workspace: workspaces[slot], into: buffers[slot])
-                convertFromFloat(bytesOut[slot], from: buffers[slot], dtype: tensor.outputDType, count: count)
-                counts[slot] = count * outputSize
+                let count = min(plan.chunkSize, tensor.elementCount - (windowStart + slot) * plan.chunkSize)
+                let destination = bytesOut[set * workers + slot]
+                convertFromFloat(destination, from: buffers[slot], dtype: tensor.outputDType, count: count)
+                slots[slot] = UnsafeRawBufferPointer(start: destination, count: count * outputSize)
             }
         }
-        for slot in 0..<inWindow {
-            let piece = UnsafeRawBufferPointer(start: bytesOut[slot], count: byteCounts[slot])
-            try writer.write(piece)
-            hasher.update(piece)
+        pipeline.write(pieces, set: set)
+    }
+    pipeline.waitUntilDrained(0)
+    pipeline.waitUntilDrained(1)
+    try pipeline.rethrow()
+    return hasher.hexDigest()
+}
+
+/// Writes windows of output in order on one background thread, hashing as it goes, and holds the
+/// first error for the merging thread to rethrow.
+private final class WritePipeline: @unchecked Sendable {
+    private let writer: ShardStreamWriter
+    private let hasher: XXH3Hasher
+    private let queue = DispatchQueue(label: "streammerge.writer")
+    private let groups = [DispatchGroup(), DispatchGroup()]
+    private let lock = NSLock()
+    private var failure: Error?
+
+    init(writer: ShardStreamWriter, hasher: XXH3Hasher) {
+        self.writer = writer
+        self.hasher = hasher
+    }
+
+    func write(_ pieces: [UnsafeRawBufferPointer], set: Int) {
+        queue.async(group: groups[set]) { [self] in
+            guard lock.withLock({ failure == nil }) else { return }
+            do {
+                for piece in pieces {
+                    try writer.write(piece)
+                    hasher.update(piece)
+                }
+            } catch {
+                lock.withLock { failure = error }
+            }
         }
     }
-    return hasher.hexDigest()
+
+    func waitUntilDrained(_ set: Int) { groups[set].wait() }
+
+    func rethrow() throws {
+        if let error = lock.withLock({ failure }) { throw error }
+    }
 }
 
 /// `model.safetensors.index.json` for a sharded output.

@@ -192,7 +192,7 @@ public struct MergePlan: @unchecked Sendable {
     /// Peak memory the data-free executor needs with `threads` workers: per worker one chunk of every
     /// input plus scratch, the output chunk in f32 and converted, and what the process itself holds.
     public func estimatedPeakBytes(threads: Int) -> Int {
-        let perWorker = MergeWorkspace.byteCount(modelCount: models.count, chunkSize: chunkSize) + chunkSize * (4 + 8)
+        let perWorker = MergeWorkspace.byteCount(modelCount: models.count, chunkSize: chunkSize) + chunkSize * (4 + 2 * 8)
         // Each worker can also hold up to one chunk of mapped input pages per model not yet released.
         let mappedInFlight = (models.count + 1) * chunkSize * 4
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2

@@ -17,11 +17,15 @@ func mergeInMemory(
     let workspaces = (0..<threads).map { _ in MergeWorkspace(modelCount: models.count, chunkSize: chunkSize) }
     merger.prepare(threads: threads, workspaces: workspaces)
     var output = [Float](repeating: .nan, count: base.count)
-    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: chunkSize)
-    defer { buffer.deallocate() }
-    for chunk in 0..<merger.chunkCount {
-        merger.merge(chunk: chunk, workspace: workspaces[chunk % threads], into: buffer)
-        for j in 0..<min(chunkSize, base.count - chunk * chunkSize) { output[chunk * chunkSize + j] = buffer[j] }
+    let buffers = (0..<threads).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: chunkSize) }
+    defer { buffers.forEach { $0.deallocate() } }
+    for first in stride(from: 0, to: merger.chunkCount, by: threads) {
+        let count = min(threads, merger.chunkCount - first)
+        merger.mergeWindow(first: first, workspaces: Array(workspaces[0..<count]), outputs: Array(buffers[0..<count]), threads: threads)
+        for slot in 0..<count {
+            let chunk = first + slot
+            for j in 0..<min(chunkSize, base.count - chunk * chunkSize) { output[chunk * chunkSize + j] = buffers[slot][j] }
+        }
     }
     return output
 }
