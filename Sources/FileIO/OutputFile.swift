@@ -9,6 +9,8 @@ public final class OutputFile {
     public let temporaryPath: String
     private var fd: Int32
     public private(set) var position: Int
+    /// Bytes before this offset have been handed to writeback.
+    private var writebackStart = 0
 
     /// Creates (truncating) `path + ".partial"`.
     public init(path: String) throws(SystemError) {
@@ -26,6 +28,7 @@ public final class OutputFile {
         try Syscalls.ftruncate(fd, offset, path: temporaryPath)
         try Syscalls.lseek(fd, offset, path: temporaryPath)
         position = offset
+        writebackStart = offset
     }
 
     deinit {
@@ -44,9 +47,12 @@ public final class OutputFile {
         position += bytes.count
     }
 
-    /// Flushes to disk without closing, so a journal that records `position` never runs ahead of the data.
-    public func sync() throws(SystemError) {
-        try Syscalls.fsync(fd, path: temporaryPath)
+    /// Starts writing everything written so far to disk, without waiting. Called as a merge goes so
+    /// that the final fsync finds little left to do, instead of the whole file.
+    public func startWriteback() {
+        guard position > writebackStart else { return }
+        Syscalls.startWriteback(fd, writebackStart, position - writebackStart)
+        writebackStart = position
     }
 
     /// Fsyncs, closes and renames the file to its final name, then fsyncs the directory so the rename survives a crash.

@@ -42,6 +42,13 @@ enum Syscalls {
         _ = try retrying("fsync", path) { Glibc.fsync(fd) }
     }
 
+    /// Starts writeback of a range without waiting for it: on Linux `POSIX_FADV_DONTNEED` queues the
+    /// range's dirty pages for writing (and drops its clean ones, which we will not read again).
+    /// A hint: failure is ignored, the final fsync still makes the data durable.
+    static func startWriteback(_ fd: Int32, _ offset: Int, _ count: Int) {
+        _ = Glibc.posix_fadvise(fd, off_t(offset), off_t(count), POSIX_FADV_DONTNEED)
+    }
+
     static func ftruncate(_ fd: Int32, _ size: Int, path: String) throws(SystemError) {
         _ = try retrying("ftruncate", path) { Glibc.ftruncate(fd, off_t(size)) }
     }

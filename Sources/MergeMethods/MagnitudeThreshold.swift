@@ -31,8 +31,9 @@ public struct MagnitudeThreshold: Sendable {
 func magnitudeBits(_ value: Float) -> UInt32 { value.bitPattern & 0x7FFF_FFFF }
 
 /// A 65,536-bin histogram that chunks fill independently and then add up (integer sums: order-free).
+/// Bins are 32-bit so a worker's histograms stay in cache; a worker adds at most one chunk at a time.
 struct Histogram16 {
-    var counts = [Int](repeating: 0, count: 65536)
+    var counts = [UInt32](repeating: 0, count: 65536)
 
     mutating func add(_ other: Histogram16) {
         for i in 0..<65536 { counts[i] += other.counts[i] }
@@ -43,8 +44,8 @@ struct Histogram16 {
     func binHolding(rank: Int) -> (bin: Int, above: Int) {
         var above = 0
         for bin in stride(from: 65535, through: 0, by: -1) {
-            if above + counts[bin] >= rank { return (bin, above) }
-            above += counts[bin]
+            if above + Int(counts[bin]) >= rank { return (bin, above) }
+            above += Int(counts[bin])
         }
         preconditionFailure("rank \(rank) exceeds the histogram's \(above) elements")
     }

@@ -2,8 +2,12 @@
 import Dispatch
 
 /// Reads elements `elements` of a model's tensor as f32 into the buffer; `model` nil is the base.
-/// The reader is expected to release the source pages it has converted.
 public typealias ChunkReader = @Sendable (_ model: Int?, _ elements: Range<Int>, _ into: UnsafeMutablePointer<Float>) -> Void
+
+/// Tells the source that elements `elements` of every input have been read and their pages may go.
+/// Called once per window while merging (one `madvise` per input, not per chunk) and per chunk in
+/// the preparation passes.
+public typealias ChunkReleaser = @Sendable (_ elements: Range<Int>) -> Void
 
 /// Per-thread scratch: one chunk of the base, of each fine-tune, and of three running sums.
 public final class MergeWorkspace: @unchecked Sendable {
@@ -56,6 +60,7 @@ public final class TensorMerger: @unchecked Sendable {
     public let elementCount: Int
     public let chunkSize: Int
     let read: ChunkReader
+    let release: ChunkReleaser
     let modelCount: Int
     let dropout: [DropoutStream]
     var thresholds: [MagnitudeThreshold]
@@ -66,12 +71,13 @@ public final class TensorMerger: @unchecked Sendable {
     var tiesSeen: [Int]
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
-                seed: UInt64, chunkSize: Int, read: @escaping ChunkReader) {
+                seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, release: @escaping ChunkReleaser = { _ in }) {
         self.method = method
         self.parameters = parameters
         self.elementCount = elementCount
         self.chunkSize = chunkSize
         self.read = read
+        self.release = release
         modelCount = parameters.weights.count
         dropout = (0..<parameters.weights.count).map { DropoutStream(seed: seed, tensorName: canonicalName, modelIndex: $0) }
         thresholds = Array(repeating: .keepEverything, count: parameters.weights.count)
@@ -119,6 +125,7 @@ public final class TensorMerger: @unchecked Sendable {
     }
 
     private func prepareMagnitude(threads: Int, workspaces: [MergeWorkspace]) {
+        precondition(elementCount < Int(UInt32.max), "TIES histograms count at most 2³² − 1 elements per tensor")
         let workers = workspaces.count
         let targets: [Int] = parameters.densities.map { $0 >= 1 ? -1 : Int($0 * Double(elementCount)) }
 
@@ -127,6 +134,7 @@ public final class TensorMerger: @unchecked Sendable {
         high.withUnsafeMutableBufferPointer { perWorker in
             forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
                 let range = loadTaskVectors(chunk: chunk, workspaces[worker])
+                defer { release(range) }
                 for model in 0..<modelCount where targets[model] > 0 {
                     let tau = workspaces[worker].models[model]
                     perWorker[worker][model].counts.withUnsafeMutableBufferPointer { counts in
@@ -148,6 +156,7 @@ public final class TensorMerger: @unchecked Sendable {
         low.withUnsafeMutableBufferPointer { perWorker in
             forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
                 let range = loadTaskVectors(chunk: chunk, workspaces[worker])
+                defer { release(range) }
                 for model in 0..<modelCount where targets[model] > 0 {
                     let tau = workspaces[worker].models[model]
                     let bin = UInt32(highBin[model])
@@ -172,7 +181,7 @@ public final class TensorMerger: @unchecked Sendable {
             let kept = targets[model] - aboveHigh[model] - aboveLow
             thresholds[model] = MagnitudeThreshold(
                 thresholdBits: UInt32(highBin[model]) << 16 | UInt32(lowBin), keptAtThreshold: kept,
-                dropsSomeTies: kept < total.counts[lowBin], keepAll: false, keepNone: false)
+                dropsSomeTies: kept < Int(total.counts[lowBin]), keepAll: false, keepNone: false)
         }
     }
 
@@ -184,6 +193,7 @@ public final class TensorMerger: @unchecked Sendable {
         partial.withUnsafeMutableBufferPointer { perModel in
             forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
                 let range = loadTaskVectors(chunk: chunk, workspaces[worker])
+                defer { release(range) }
                 for model in 0..<modelCount where parameters.densities[model] < 1 {
                     let tau = workspaces[worker].models[model]
                     var full = 0.0, kept = 0.0
@@ -219,6 +229,7 @@ public final class TensorMerger: @unchecked Sendable {
                 counts[slot] = load(chunk: first + slot, workspaces[slot])
             }
         }
+        release(elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound)
         var tieRanges: [[Range<Int>]] = []
         for slot in 0..<count {
             tieRanges.append((0..<modelCount).map { model in

@@ -3,13 +3,21 @@ import FileIO
 import Foundation
 
 /// `DIR/.streammerge/journal.json`. Records enough to continue a killed run and still end with
-/// byte-identical outputs: the config and input hashes it was started with, how many plan tensors
+/// byte-identical outputs: the config hash and input identities (path, size, mtime) it was started with, how many plan tensors
 /// are written, the byte position in the current shard, and the hashes of everything finished.
 /// The partial shard's running hash is not stored: on resume its prefix is re-read and re-hashed,
 /// which also proves the bytes on disk are the ones the journal describes.
 struct Journal: Codable {
+    /// An input as the journal knows it. Hashing every input again before resuming would cost a full
+    /// read; a replaced or rewritten file changes its size or modification time.
+    struct InputIdentity: Codable, Equatable {
+        var path: String
+        var size: Int
+        var modified: Double
+    }
+
     var config_xxh3_128: String
-    var inputs: [Manifest.FileRecord]
+    var inputs: [InputIdentity]
     var tensors_done: Int
     var shard: Int
     var shard_position: Int

@@ -31,7 +31,10 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     let journalBefore = try prepareOutputDirectory(out, options: options)
 
     let configHash = plan.config.canonicalText.utf8CString.withUnsafeBytes { xxh3_128Hex(UnsafeRawBufferPointer(rebasing: $0.dropLast())) }
-    let inputs = try hashInputs(plan, threads: options.threads)
+    // Input hashes are for the manifest; they are computed on a background thread while the merge runs
+    // (reading with pread, so they add no RSS). The journal identifies inputs by size and mtime instead.
+    let inputs = try inputIdentities(plan)
+    let inputHashing = InputHasher(plan)
     var journal = Journal(
         config_xxh3_128: configHash, inputs: inputs, tensors_done: 0, shard: 0, shard_position: 0,
         shard_prefix_xxh3_128: "", finished_shards: [], tensor_hashes: [])
@@ -82,7 +85,10 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
                 name: tensor.name, file: plan.shards[shardIndex].fileName, dtype: tensor.outputDType.rawValue,
                 shape: tensor.shape, xxh3_64: hash))
         }
-        try writer.sync()
+        writer.startWriteback()
+        // No fsync of the shard here: after a killed process the page cache still holds every byte
+        // written, and after a power loss the resume re-hashes the partial shard against the journal's
+        // prefix hash and refuses rather than continue from bytes that never reached the disk.
         journal = Journal(
             config_xxh3_128: configHash, inputs: inputs, tensors_done: layer.tensors.upperBound, shard: writer.shardIndex,
             shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
@@ -100,7 +106,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     let manifest = Manifest(
         tool: toolVersion, method: plan.config.method.rawValue, seed: plan.config.seed,
         config_path: plan.config.path, config_xxh3_128: configHash, config: plan.config.canonicalText,
-        inputs: inputs, outputs: outputs.sorted { $0.path < $1.path }, tensors: tensorHashes,
+        inputs: try inputHashing.result(), outputs: outputs.sorted { $0.path < $1.path }, tensors: tensorHashes,
         layers: plan.layers.map { Manifest.LayerRecord(layer: $0.key.description, tensors: $0.tensors.count) },
         run: Manifest.RunFigures(
             wall_seconds: Date().timeIntervalSince(start), peak_rss_bytes: peakResidentBytes(),
@@ -132,25 +138,46 @@ private func prepareOutputDirectory(_ out: String, options: MergeOptions) throws
     return nil
 }
 
-/// XXH3-128 of every input weight file, read in pieces (not mapped, so it adds nothing to RSS).
-private func hashInputs(_ plan: MergePlan, threads: Int) throws -> [Manifest.FileRecord] {
-    let files = (plan.base.map { [$0] } ?? []).flatMap(\.files) + plan.models.flatMap(\.files)
-    var records = [Manifest.FileRecord?](repeating: nil, count: files.count)
-    var failure: Error?
-    let lock = NSLock()
-    records.withUnsafeMutableBufferPointer { slots in
-        forEachChunk(files.count, threads: threads) { _, index in
+/// Every input weight file, base first, in plan order.
+private func inputFiles(_ plan: MergePlan) -> [String] {
+    ((plan.base.map { [$0] } ?? []).flatMap(\.files) + plan.models.flatMap(\.files)).map(\.path)
+}
+
+/// Size and modification time of every input: enough for `--resume` to notice a replaced input.
+private func inputIdentities(_ plan: MergePlan) throws -> [Journal.InputIdentity] {
+    try inputFiles(plan).map { path in
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+        return Journal.InputIdentity(path: path, size: (attributes[.size] as? Int) ?? -1, modified: modified)
+    }
+}
+
+/// XXH3-128 of every input file, computed on a background thread, one file after another.
+private final class InputHasher: @unchecked Sendable {
+    private let group = DispatchGroup()
+    private var records: [Manifest.FileRecord] = []
+    private var failure: Error?
+
+    init(_ plan: MergePlan) {
+        let files = inputFiles(plan)
+        DispatchQueue.global(qos: .utility).async(group: group) { [self] in
             do {
-                let hasher = XXH3Hasher(.bits128)
-                let size = try FileReader.forEachPiece(of: files[index].path) { hasher.update($0) }
-                slots[index] = Manifest.FileRecord(path: files[index].path, size: size, xxh3_128: hasher.hexDigest())
+                for path in files {
+                    let hasher = XXH3Hasher(.bits128)
+                    let size = try FileReader.forEachPiece(of: path) { hasher.update($0) }
+                    records.append(Manifest.FileRecord(path: path, size: size, xxh3_128: hasher.hexDigest()))
+                }
             } catch {
-                lock.withLock { failure = failure ?? error }
+                failure = error
             }
         }
     }
-    if let failure { throw failure }
-    return records.map { $0! }
+
+    func result() throws -> [Manifest.FileRecord] {
+        group.wait()
+        if let failure { throw failure }
+        return records
+    }
 }
 
 /// Merges one tensor in windows of `workers` chunks: workers merge and convert in parallel, then the
@@ -181,11 +208,13 @@ private func mergeTensor(
     let read: ChunkReader = { model, elements, destination in
         let (file, info) = sources[(model ?? -1) + (hasBase ? 1 : 0)]
         file.readFloats(info, elements: elements, into: destination)
-        file.mapping.release(file.fileRange(of: info, elements: elements))
+    }
+    let release: ChunkReleaser = { elements in
+        for (file, info) in sources { file.mapping.release(file.fileRange(of: info, elements: elements)) }
     }
     let merger = TensorMerger(
         method: plan.config.method, parameters: parameters, elementCount: tensor.elementCount,
-        canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read)
+        canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read, release: release)
     merger.prepare(threads: workers, workspaces: workspaces)
 
     // Two sets of output buffers: workers fill one window while the writer thread drains the other,

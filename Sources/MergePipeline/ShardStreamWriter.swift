@@ -54,7 +54,7 @@ final class ShardStreamWriter {
 
     func prefixHash() -> String { hasher.hexDigest() }
 
-    func sync() throws { try file?.sync() }
+    func startWriteback() { file?.startWriteback() }
 
     /// Completes the current shard: fsync, rename, and its manifest record.
     func commit() throws -> Manifest.FileRecord {
