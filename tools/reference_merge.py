@@ -12,8 +12,9 @@ All per-element math is float32 in a fixed order (below), so a bf16 output can b
                    mixed = Σ keepᵢ·dᵢ; with normalize ÷ (Σ keepᵢ·wᵢ, 0 → 1); θ₀ + λ·mixed
   dare_*           mask mᵢ from the counter-based stream; τ̃ᵢ = (τᵢ·mᵢ)/densityᵢ; then task arithmetic
                    (dare_linear) or the TIES sign election without trimming (dare_ties)
-The DARE stream: key = XXH3_64(canonical name, seed); kₜ = splitmix64(key + t);
-element j kept iff (splitmix64(kₜ + j) >> 11)·2⁻⁵³ < density (all mod 2⁶⁴).
+The DARE stream: key = XXH3_64(canonical name, seed); kₜ = splitmix64(key + t); r = splitmix64(kₜ + ⌊j/2⌋);
+element j draws r's low 32 bits (j even) or high 32 bits (j odd) and is kept iff draw < ⌈density·2³²⌉
+(all mod 2⁶⁴).
 Gradient parameters: numpy.interp(t, linspace(0, 1, len), values), t = i/(L−1) for block i, 0 for
 embeddings, 1 for final layers.
 
@@ -46,9 +47,10 @@ def dare_mask(name, seed, t, n, density):
     key = np.uint64(xxhash.xxh3_64_intdigest(name.encode(), seed=seed))
     with np.errstate(over="ignore"):
         k = splitmix64(np.array([key + np.uint64(t)], dtype=np.uint64))[0]
-        r = splitmix64(k + np.arange(n, dtype=np.uint64))
-    u = (r >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
-    return (u < density).astype(np.float32)
+        j = np.arange(n, dtype=np.uint64)
+        r = splitmix64(k + (j >> np.uint64(1)))
+    draw = np.where(j % np.uint64(2) == 0, r & np.uint64(0xFFFFFFFF), r >> np.uint64(32))
+    return (draw < np.uint64(np.ceil(density * 2.0 ** 32))).astype(np.float32)
 
 
 def bf16_bits(x):

@@ -13,8 +13,10 @@ public func splitMix64(_ x: UInt64) -> UInt64 {
 /// The DARE keep/drop stream of one (tensor, fine-tune) pair. Element j's draw depends only on the
 /// seed, the tensor's canonical name, the fine-tune's index and j — never on chunking or threads.
 ///
-/// key = XXH3-64(name, seed); kₜ = splitmix64(key + t); u_j = (splitmix64(kₜ + j) >> 11) · 2⁻⁵³;
-/// element j is kept iff u_j < density. `tools/reference_merge.py` implements the same stream.
+/// key = XXH3-64(name, seed); kₜ = splitmix64(key + t); r = splitmix64(kₜ + ⌊j/2⌋); element j draws
+/// the low 32 bits of r when j is even and the high 32 bits when odd, and is kept iff that draw is
+/// below ⌈density·2³²⌉. One 64-bit mix serves two elements: the mix is most of DARE's cost.
+/// `tools/reference_merge.py` implements the same stream.
 public struct DropoutStream: Sendable {
     public let key: UInt64
 
@@ -22,14 +24,29 @@ public struct DropoutStream: Sendable {
         key = splitMix64(xxh3_64(tensorName, seed: seed) &+ UInt64(modelIndex))
     }
 
-    /// The integer form of `u < density` for u = bits·2⁻⁵³: bits < ⌈density·2⁵³⌉ (the scaling is exact),
-    /// which spares an int-to-double conversion per element.
+    /// The draw bound for `density`: ⌈density·2³²⌉, as a UInt64 so that density 1 keeps every draw.
     public static func keepThreshold(density: Double) -> UInt64 {
-        UInt64((min(max(density, 0), 1) * 0x1p53).rounded(.up))
+        UInt64((min(max(density, 0), 1) * 0x1p32).rounded(.up))
     }
 
-    @inline(__always)
-    public func keeps(_ element: Int, threshold: UInt64) -> Bool {
-        splitMix64(key &+ UInt64(element)) >> 11 < threshold
+    /// Writes 1 for kept and 0 for dropped elements `elements` into `mask`.
+    public func fillMask(_ mask: UnsafeMutablePointer<Float>, elements: Range<Int>, threshold: UInt64) {
+        var j = elements.lowerBound
+        var out = mask
+        if j & 1 == 1, j < elements.upperBound {
+            out.pointee = splitMix64(key &+ UInt64(j >> 1)) >> 32 < threshold ? 1 : 0
+            j += 1
+            out += 1
+        }
+        while j + 1 < elements.upperBound {
+            let r = splitMix64(key &+ UInt64(j >> 1))
+            out[0] = r & 0xFFFF_FFFF < threshold ? 1 : 0
+            out[1] = r >> 32 < threshold ? 1 : 0
+            j += 2
+            out += 2
+        }
+        if j < elements.upperBound {
+            out.pointee = splitMix64(key &+ UInt64(j >> 1)) & 0xFFFF_FFFF < threshold ? 1 : 0
+        }
     }
 }

@@ -197,11 +197,12 @@ public final class TensorMerger: @unchecked Sendable {
                 for model in 0..<modelCount where parameters.densities[model] < 1 {
                     let tau = workspaces[worker].models[model]
                     var full = 0.0, kept = 0.0
-                    let threshold = DropoutStream.keepThreshold(density: parameters.densities[model])
+                    let mask = workspaces[worker].scratch
+                    dropout[model].fillMask(mask, elements: range, threshold: DropoutStream.keepThreshold(density: parameters.densities[model]))
                     for j in 0..<range.count {
                         let magnitude = Double(abs(tau[j]))
                         full += magnitude
-                        if dropout[model].keeps(range.lowerBound + j, threshold: threshold) { kept += magnitude }
+                        kept += magnitude * Double(mask[j])
                     }
                     perModel[model][chunk] = (full, kept)
                 }
@@ -268,7 +269,9 @@ public final class TensorMerger: @unchecked Sendable {
         let range = elements(ofChunk: chunk)
         let count = range.count
         if method == .linear { return combineLinear(count: count, workspace, output) }
-        for model in 0..<modelCount { sparsify(model: model, range: range, ties: ties[model], workspace.models[model]) }
+        for model in 0..<modelCount {
+            sparsify(model: model, range: range, ties: ties[model], workspace.models[model], scratch: workspace.scratch)
+        }
         let weights = parameters.weights
         let acc = workspace.accumulator
         let div = workspace.divisor
@@ -326,7 +329,8 @@ public final class TensorMerger: @unchecked Sendable {
     }
 
     /// Zeroes the elements of τ that the method drops, rescaling DARE's survivors.
-    private func sparsify(model: Int, range: Range<Int>, ties: Range<Int>, _ tau: UnsafeMutablePointer<Float>) {
+    private func sparsify(model: Int, range: Range<Int>, ties: Range<Int>, _ tau: UnsafeMutablePointer<Float>,
+                          scratch: UnsafeMutablePointer<Float>) {
         let density = parameters.densities[model]
         switch method.sparsification {
         case .none:
@@ -356,22 +360,16 @@ public final class TensorMerger: @unchecked Sendable {
             for j in 0..<range.count { tau[j] = magnitudeBits(tau[j]) >= lowest ? tau[j] : 0 }
         case .random:
             guard density < 1 else { return }
-            let stream = dropout[model]
-            let threshold = DropoutStream.keepThreshold(density: density)
+            let mask = scratch
+            dropout[model].fillMask(mask, elements: range, threshold: DropoutStream.keepThreshold(density: density))
             switch parameters.rescale {
             case .density:
                 // (τ·m)/density, in that order, as the reference computes it.
                 let d = Float(density)
-                for j in 0..<range.count {
-                    let mask: Float = stream.keeps(range.lowerBound + j, threshold: threshold) ? 1 : 0
-                    tau[j] = (tau[j] * mask) / d
-                }
+                for j in 0..<range.count { tau[j] = (tau[j] * mask[j]) / d }
             case .l1, .none:
                 let scale = parameters.rescale == .none ? 1 : dareScale[model]
-                for j in 0..<range.count {
-                    let mask: Float = stream.keeps(range.lowerBound + j, threshold: threshold) ? 1 : 0
-                    tau[j] = (tau[j] * mask) * scale
-                }
+                for j in 0..<range.count { tau[j] = (tau[j] * mask[j]) * scale }
             }
         }
     }
