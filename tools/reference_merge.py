@@ -15,8 +15,8 @@ All per-element math is float32 in a fixed order (below), so a bf16 output can b
 The DARE stream: key = XXH3_64(canonical name, seed); kₜ = splitmix64(key + t); r = splitmix64(kₜ + ⌊j/2⌋);
 element j draws r's low 32 bits (j even) or high 32 bits (j odd) and is kept iff draw < ⌈density·2³²⌉
 (all mod 2⁶⁴).
-Gradient parameters: numpy.interp(t, linspace(0, 1, len), values), t = i/(L−1) for block i, 0 for
-embeddings, 1 for final layers.
+Gradient parameters: numpy.interp(t, linspace(0, 1, len), values), t = i/(L−1) for block i (1 for a
+single block), 0 for the embeddings and the final layers (mergekit plans both at t = 0).
 
 usage: reference_merge.py CONFIG.yaml OUT.safetensors
 """
@@ -113,8 +113,8 @@ class Model:
 def layer_t(canonical, blocks):
     m = re.search(r"(?:^|\.)(?:layers|layer|h|blocks)\.(\d+)\.", canonical + ".")
     if m:
-        return int(m.group(1)) / (blocks - 1) if blocks > 1 else 0.0
-    return 0.0 if "embed" in canonical else 1.0
+        return int(m.group(1)) / (blocks - 1) if blocks > 1 else 1.0
+    return 0.0
 
 
 def param(value, t, default):

@@ -133,13 +133,14 @@ public struct MergePlan: @unchecked Sendable {
         self.heads = heads
     }
 
-    /// Resolves a tensor's method parameters: a model's own value, else the top-level default;
-    /// gradients are evaluated at the layer's relative depth t (embeddings 0, final layers 1).
+    /// Resolves a tensor's method parameters: a model's own value, else the top-level default.
+    /// Gradients are evaluated at t = i/(L−1) for block i (1 for a single block), and at t = 0 for the
+    /// embeddings and the final layers alike — what current mergekit does (plan.py: its pre- and
+    /// post-layer weights are planned with a ConfigReader at t = 0).
     static func parameters(_ config: MergeConfig, layer: LayerKey, blockCount: Int) throws -> TensorMergeParameters {
         let t: Double = switch layer {
-        case .embeddings: 0
-        case let .block(i): blockCount > 1 ? Double(i) / Double(blockCount - 1) : 0
-        case .final: 1
+        case .embeddings, .final: 0
+        case let .block(i): blockCount > 1 ? Double(i) / Double(blockCount - 1) : 1
         }
         func value(_ key: String, model: ModelEntry?, default fallback: Double) -> Double {
             (model?.parameters[key] ?? config.parameters[key])?.value(at: t) ?? fallback
