@@ -1,4 +1,4 @@
-// XXHash: the only file that touches libxxhash — streaming XXH3-64/128 and one-shot XXH64, as hex digests.
+// XXHash: the only file that touches libxxhash — streaming and one-shot XXH3-64/128, as hex digests.
 import CXXHash
 
 // The plain (non-`_dispatch`) entry points are used everywhere: mixing the two families in one
@@ -61,11 +61,6 @@ public func xxh3_64(_ string: String, seed: UInt64 = 0) -> UInt64 {
 public func xxh3_128Hex(_ bytes: UnsafeRawBufferPointer) -> String {
     let h = XXH3_128bits(bytes.baseAddress, bytes.count)
     return hex64(h.high64) + hex64(h.low64)
-}
-
-/// XXH64 of `bytes` (used for activation-cache chunks). The corresponding C function is `XXH64`.
-public func xxh64(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
-    XXH64(bytes.baseAddress, bytes.count, seed)
 }
 
 /// 16 lower-case hex digits.

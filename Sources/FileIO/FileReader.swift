@@ -4,22 +4,30 @@ import Glibc
 /// Reads a whole file in fixed-size pieces with `pread`. Unlike a mapping, the pieces do not stay
 /// resident, so hashing a large input costs one buffer of memory.
 public enum FileReader {
-    /// Calls `body` with consecutive pieces of the file at `path`, in order.
+    /// Calls `body` with consecutive pieces of the file at `path`, in order, read into `buffer`
+    /// (its whole size at a time). Passing the same buffer for many files keeps the allocator from
+    /// growing its heap by a buffer per file.
     /// - Returns: the number of bytes read.
     @discardableResult
     public static func forEachPiece(
-        of path: String, pieceSize: Int = 8 << 20, _ body: (UnsafeRawBufferPointer) throws -> Void
+        of path: String, buffer: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void
     ) throws -> Int {
         let fd = try Syscalls.open(path, O_RDONLY)
         defer { Syscalls.close(fd) }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: pieceSize, alignment: 64)
-        defer { buffer.deallocate() }
         var offset = 0
         while true {
-            let count = try Syscalls.pread(fd, buffer, pieceSize, offset, path: path)
+            let count = try Syscalls.pread(fd, buffer.baseAddress!, buffer.count, offset, path: path)
             if count == 0 { return offset }
-            try body(UnsafeRawBufferPointer(start: buffer, count: count))
+            try body(UnsafeRawBufferPointer(start: buffer.baseAddress, count: count))
             offset += count
         }
+    }
+
+    /// As `forEachPiece(of:buffer:_:)`, with a 1 MiB buffer of its own.
+    @discardableResult
+    public static func forEachPiece(of path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        defer { buffer.deallocate() }
+        return try forEachPiece(of: path, buffer: buffer, body)
     }
 }

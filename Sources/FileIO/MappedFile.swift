@@ -2,7 +2,7 @@
 import Glibc
 
 /// A file mapped read-only. Mapped pages count in RSS once touched, so streaming readers call
-/// `release(_:)` on ranges they are done with and `prefetch(_:)` on the ranges they will read next.
+/// `release(_:)` on ranges they are done with.
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let size: Int
@@ -29,11 +29,6 @@ public final class MappedFile: @unchecked Sendable {
         UnsafeRawBufferPointer(start: base, count: size)
     }
 
-    /// Hints that `range` will be read soon and sequentially (`MADV_WILLNEED`).
-    public func prefetch(_ range: Range<Int>) {
-        advise(range, MADV_WILLNEED, inward: false)
-    }
-
     /// Drops the resident pages of `range` (`MADV_DONTNEED`). Only whole pages inside the range are
     /// released, so bytes of neighbouring tensors that share an edge page stay mapped.
     public func release(_ range: Range<Int>) {
@@ -44,6 +39,13 @@ public final class MappedFile: @unchecked Sendable {
     /// neighbours (which fault back in from the page cache if they are read again).
     public func releaseCovering(_ range: Range<Int>) {
         advise(range, MADV_DONTNEED, inward: false)
+    }
+
+    /// Drops every resident page of the file. Page faults map neighbouring pages too ("fault-around"),
+    /// so pages of tensors already released can come back while later ones are read; an occasional
+    /// sweep keeps them from accumulating with depth.
+    public func releaseAll() {
+        advise(0..<size, MADV_DONTNEED, inward: false)
     }
 
     private func advise(_ range: Range<Int>, _ advice: Int32, inward: Bool) {

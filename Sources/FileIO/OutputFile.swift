@@ -84,10 +84,5 @@ public func syncDirectory(of path: String) throws(SystemError) {
     try Syscalls.fsync(fd, path: directory)
 }
 
-/// Removes a file if it exists.
-public func removeFileIfPresent(_ path: String) throws(SystemError) {
-    do { try Syscalls.unlink(path) } catch where error.errno == ENOENT {}
-}
-
 /// Peak resident set size of this process so far, in bytes (`getrusage`'s `ru_maxrss`).
 public func peakResidentBytes() -> Int { Syscalls.peakResidentBytes() }

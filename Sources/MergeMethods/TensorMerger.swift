@@ -91,8 +91,8 @@ public final class TensorMerger: @unchecked Sendable {
         (chunk * chunkSize)..<min(elementCount, (chunk + 1) * chunkSize)
     }
 
-    /// Whether `prepare` will read the inputs (so callers can account for the extra passes).
-    public var needsPreparation: Bool {
+    /// Whether `prepare` has whole-tensor passes to run.
+    var needsPreparation: Bool {
         switch method.sparsification {
         case .magnitude: parameters.densities.contains { $0 < 1 }
         case .random: parameters.rescale == .l1 && parameters.densities.contains { $0 < 1 }

@@ -161,10 +161,12 @@ private final class InputHasher: @unchecked Sendable {
     init(_ plan: MergePlan) {
         let files = inputFiles(plan)
         DispatchQueue.global(qos: .utility).async(group: group) { [self] in
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+            defer { buffer.deallocate() }
             do {
                 for path in files {
                     let hasher = XXH3Hasher(.bits128)
-                    let size = try FileReader.forEachPiece(of: path) { hasher.update($0) }
+                    let size = try FileReader.forEachPiece(of: path, buffer: buffer) { hasher.update($0) }
                     records.append(Manifest.FileRecord(path: path, size: size, xxh3_128: hasher.hexDigest()))
                 }
             } catch {
@@ -189,7 +191,9 @@ private func mergeTensor(
     let hasher = XXH3Hasher(.bits64)
     let sources: [(SafetensorsFile, TensorInfo)] =
         (tensor.baseName.map { [plan.base!.tensor($0)!] } ?? []) + zip(plan.models, tensor.modelNames).map { $0.tensor($1)! }
-    defer { for (file, info) in sources { file.mapping.releaseCovering(file.fileRange(of: info)) } }
+    // Page faults map neighbouring pages too ("fault-around"), including pages of tensors released
+    // earlier; dropping every page of each input file after each tensor keeps them from piling up.
+    defer { for (file, _) in sources { file.mapping.releaseAll() } }
 
     guard let parameters = tensor.parameters else {
         // Integer and bool tensors are carried through from the base byte for byte.
