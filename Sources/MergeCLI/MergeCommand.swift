@@ -36,8 +36,14 @@ extension StreamMerge {
                     outputDirectory: out, threads: threads ?? ProcessInfo.processInfo.activeProcessorCount,
                     resume: resume, force: force)
                 if stderrIsTerminal && !quiet {
+                    let started = Date(), expected = plan.outputBytes
                     options.progress = { done, total, written in
-                        FileHandle.standardError.write(Data("\r  layer \(done)/\(total)  \(formatBytes(written)) written   ".utf8))
+                        let seconds = max(Date().timeIntervalSince(started), 1e-3)
+                        let rate = Double(written) / seconds
+                        let eta = rate > 0 ? Double(max(expected - written, 0)) / rate : 0
+                        let line = String(format: "\r  layer %d/%d  %@ written  %.2f GB/s  ETA %.0f s   ",
+                                          done, total, formatBytes(written), rate / 1e9, eta)
+                        FileHandle.standardError.write(Data(line.utf8))
                         if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
                     }
                 }

@@ -93,6 +93,23 @@ struct IdentityTests {
         #expect(Set(kept) == Set(order.prefix(500)))
     }
 
+    @Test("TIES's threshold is exact whether or not the sample predicts its bin", arguments: [false, true])
+    func tiesSampleMisprediction(misleading: Bool) {
+        // With `misleading`, the first sixteenth of every chunk (the sample) holds magnitudes 1000× smaller
+        // than the rest, so the predicted bin is far from the true one and the fallback pass must run.
+        let chunkSize = 160
+        var tau = values(1600, seed: 31, scale: 1)
+        if misleading {
+            for chunk in 0..<10 { for j in 0..<(chunkSize / 16) { tau[chunk * chunkSize + j] *= 0.001 } }
+        }
+        let base = [Float](repeating: 0, count: 1600)
+        let merged = mergeInMemory(.ties, base: base, models: [tau],
+                                   parameters: .init(weights: [1], densities: [0.3], lambda: 1, normalize: false),
+                                   chunkSize: chunkSize, threads: 2)
+        let order = (0..<1600).sorted { (abs(tau[$0]), -$0) > (abs(tau[$1]), -$1) }
+        #expect(Set((0..<1600).filter { merged[$0] != 0 }) == Set(order.prefix(480)))
+    }
+
     @Test("Output does not depend on chunk size or thread count", arguments: MergeMethod.allCases)
     func chunkingAndThreads(method: MergeMethod) {
         let models = (3...5).map { s in zip(base, values(1000, seed: UInt64(s), scale: 0.01)).map(+) }
