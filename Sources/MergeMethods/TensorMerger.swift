@@ -101,14 +101,8 @@ public final class TensorMerger: @unchecked Sendable {
     }
 
     /// Loads the base chunk and the task vectors τᵢ = θᵢ − θ₀ of `chunk` into `workspace`.
-    @discardableResult
     func loadTaskVectors(chunk: Int, _ workspace: MergeWorkspace) -> Range<Int> {
-        loadTaskVectors(elements(ofChunk: chunk), workspace)
-    }
-
-    /// Loads the base and task vectors of `range` (at most a chunk) into `workspace`.
-    @discardableResult
-    func loadTaskVectors(_ range: Range<Int>, _ workspace: MergeWorkspace) -> Range<Int> {
+        let range = elements(ofChunk: chunk)
         read(nil, range, workspace.base)
         for model in 0..<modelCount {
             let tau = workspace.models[model]
@@ -135,117 +129,54 @@ public final class TensorMerger: @unchecked Sendable {
         let workers = workspaces.count
         let targets: [Int] = parameters.densities.map { $0 >= 1 ? -1 : Int($0 * Double(elementCount)) }
 
-        let active = (0..<modelCount).filter { targets[$0] > 0 }
-        guard !active.isEmpty else { return finishThresholds(targets: targets, highBin: [], aboveHigh: [], low: []) }
-
-        // Pass 0, over the first sixteenth of every chunk: predicts each fine-tune's high bin, so that
-        // pass 1 can also count the low 16 bits for a few candidate bins around it. Only a fine-tune
-        // whose true bin falls outside them needs pass 2. The thresholds are exact either way.
-        var sample = Array(repeating: Array(repeating: Histogram16(), count: modelCount), count: workers)
-        var sampled = [Int](repeating: 0, count: workers)
-        sample.withUnsafeMutableBufferPointer { perWorker in
-            sampled.withUnsafeMutableBufferPointer { counts in
-                forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
-                    let whole = elements(ofChunk: chunk)
-                    let range = whole.lowerBound..<(whole.lowerBound + max(1, whole.count / 16))
-                    loadTaskVectors(range, workspaces[worker])
-                    counts[worker] += range.count
-                    for model in active {
-                        let tau = workspaces[worker].models[model]
-                        perWorker[worker][model].counts.withUnsafeMutableBufferPointer { bins in
-                            for j in 0..<range.count { bins[Int(magnitudeBits(tau[j]) >> 16)] += 1 }
-                        }
-                    }
-                }
-            }
-        }
-        let sampleSize = sampled.reduce(0, +)
-        var firstCandidate = [Int](repeating: 0, count: modelCount)
-        for model in active {
-            var total = Histogram16()
-            for worker in 0..<workers { total.add(sample[worker][model]) }
-            let rank = min(sampleSize, max(1, Int(Double(targets[model]) * Double(sampleSize) / Double(elementCount))))
-            firstCandidate[model] = min(max(total.binHolding(rank: rank).bin - Self.candidateRadius, 0), 65536 - Self.candidateBins)
-        }
-
-        // Pass 1: histogram of the high 16 bits of |τ|, and of the low 16 bits within the candidate bins.
+        // Pass 1: histogram of the high 16 bits of |τ| per fine-tune.
         var high = Array(repeating: Array(repeating: Histogram16(), count: modelCount), count: workers)
-        var candidateLow = Array(repeating: Array(repeating: [UInt32](), count: modelCount), count: workers)
-        for worker in 0..<workers { for model in active { candidateLow[worker][model] = [UInt32](repeating: 0, count: Self.candidateBins << 16) } }
         high.withUnsafeMutableBufferPointer { perWorker in
-            candidateLow.withUnsafeMutableBufferPointer { lowPerWorker in
-                forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
-                    let range = loadTaskVectors(chunk: chunk, workspaces[worker])
-                    defer { release(range) }
-                    for model in active {
-                        let tau = workspaces[worker].models[model]
-                        let first = firstCandidate[model]
-                        perWorker[worker][model].counts.withUnsafeMutableBufferPointer { bins in
-                            lowPerWorker[worker][model].withUnsafeMutableBufferPointer { lowBins in
-                                for j in 0..<range.count {
-                                    let bits = magnitudeBits(tau[j])
-                                    bins[Int(bits >> 16)] += 1
-                                    let slot = Int(bits >> 16) &- first
-                                    if slot >= 0 && slot < Self.candidateBins { lowBins[slot << 16 | Int(bits & 0xFFFF)] += 1 }
-                                }
-                            }
-                        }
+            forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
+                let range = loadTaskVectors(chunk: chunk, workspaces[worker])
+                defer { release(range) }
+                for model in 0..<modelCount where targets[model] > 0 {
+                    let tau = workspaces[worker].models[model]
+                    perWorker[worker][model].counts.withUnsafeMutableBufferPointer { counts in
+                        for j in 0..<range.count { counts[Int(magnitudeBits(tau[j]) >> 16)] += 1 }
                     }
                 }
             }
         }
         var highBin = [Int](repeating: 0, count: modelCount)
         var aboveHigh = [Int](repeating: 0, count: modelCount)
-        var low = [Histogram16](repeating: Histogram16(), count: modelCount)
-        var missed: [Int] = []
-        for model in active {
+        for model in 0..<modelCount where targets[model] > 0 {
             var total = Histogram16()
             for worker in 0..<workers { total.add(high[worker][model]) }
             (highBin[model], aboveHigh[model]) = total.binHolding(rank: targets[model])
-            let slot = highBin[model] - firstCandidate[model]
-            guard slot >= 0 && slot < Self.candidateBins else { missed.append(model); continue }
-            for worker in 0..<workers {
-                for bin in 0..<65536 { low[model].counts[bin] += candidateLow[worker][model][slot << 16 | bin] }
-            }
         }
 
-        // Pass 2, only for fine-tunes the sample misled: the low 16 bits within the true high bin.
-        if !missed.isEmpty {
-            var perWorkerLow = Array(repeating: Array(repeating: Histogram16(), count: modelCount), count: workers)
-            perWorkerLow.withUnsafeMutableBufferPointer { perWorker in
-                forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
-                    let range = loadTaskVectors(chunk: chunk, workspaces[worker])
-                    defer { release(range) }
-                    for model in missed {
-                        let tau = workspaces[worker].models[model]
-                        let bin = UInt32(highBin[model])
-                        perWorker[worker][model].counts.withUnsafeMutableBufferPointer { counts in
-                            for j in 0..<range.count {
-                                let bits = magnitudeBits(tau[j])
-                                if bits >> 16 == bin { counts[Int(bits & 0xFFFF)] += 1 }
-                            }
+        // Pass 2: histogram of the low 16 bits among elements in the selected high bin.
+        var low = Array(repeating: Array(repeating: Histogram16(), count: modelCount), count: workers)
+        low.withUnsafeMutableBufferPointer { perWorker in
+            forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
+                let range = loadTaskVectors(chunk: chunk, workspaces[worker])
+                defer { release(range) }
+                for model in 0..<modelCount where targets[model] > 0 {
+                    let tau = workspaces[worker].models[model]
+                    let bin = UInt32(highBin[model])
+                    perWorker[worker][model].counts.withUnsafeMutableBufferPointer { counts in
+                        for j in 0..<range.count {
+                            let bits = magnitudeBits(tau[j])
+                            if bits >> 16 == bin { counts[Int(bits & 0xFFFF)] += 1 }
                         }
                     }
                 }
             }
-            for model in missed { for worker in 0..<workers { low[model].add(perWorkerLow[worker][model]) } }
         }
-        finishThresholds(targets: targets, highBin: highBin, aboveHigh: aboveHigh, low: low)
-    }
-
-    /// High bins searched in pass 1 around the sample's prediction: the predicted one ± `candidateRadius`.
-    static let candidateRadius = 2
-    static let candidateBins = 2 * candidateRadius + 1
-
-    /// Turns the histograms into each fine-tune's threshold and how many of its ties are kept.
-    private func finishThresholds(targets: [Int], highBin: [Int], aboveHigh: [Int], low: [Histogram16]) {
         for model in 0..<modelCount {
             if targets[model] < 0 { thresholds[model] = .keepEverything; continue }
             if targets[model] == 0 {
                 thresholds[model] = MagnitudeThreshold(thresholdBits: 0, keptAtThreshold: 0, dropsSomeTies: false, keepAll: false, keepNone: true)
                 continue
             }
-            let total = low[model]
+            var total = Histogram16()
+            for worker in 0..<workers { total.add(low[worker][model]) }
             let (lowBin, aboveLow) = total.binHolding(rank: targets[model] - aboveHigh[model])
             let kept = targets[model] - aboveHigh[model] - aboveLow
             thresholds[model] = MagnitudeThreshold(

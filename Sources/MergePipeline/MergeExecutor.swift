@@ -85,6 +85,9 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
                 name: tensor.name, file: plan.shards[shardIndex].fileName, dtype: tensor.outputDType.rawValue,
                 shape: tensor.shape, xxh3_64: hash))
         }
+        // Page faults map neighbouring pages too ("fault-around"), including pages of tensors released
+        // earlier; dropping every page of each input after each layer keeps them from piling up.
+        for file in (plan.base?.files ?? []) + plan.models.flatMap(\.files) { file.mapping.releaseAll() }
         writer.startWriteback()
         // No fsync of the shard here: after a killed process the page cache still holds every byte
         // written, and after a power loss the resume re-hashes the partial shard against the journal's
@@ -191,9 +194,7 @@ private func mergeTensor(
     let hasher = XXH3Hasher(.bits64)
     let sources: [(SafetensorsFile, TensorInfo)] =
         (tensor.baseName.map { [plan.base!.tensor($0)!] } ?? []) + zip(plan.models, tensor.modelNames).map { $0.tensor($1)! }
-    // Page faults map neighbouring pages too ("fault-around"), including pages of tensors released
-    // earlier; dropping every page of each input file after each tensor keeps them from piling up.
-    defer { for (file, _) in sources { file.mapping.releaseAll() } }
+    defer { for (file, info) in sources { file.mapping.releaseCovering(file.fileRange(of: info)) } }
 
     guard let parameters = tensor.parameters else {
         // Integer and bool tensors are carried through from the base byte for byte.
