@@ -1,0 +1,23 @@
+// BLAS: the only file that touches OpenBLAS — row-major sgemm and the thread count.
+import CBLAS
+
+/// C (M×N) = alpha · op(A) · op(B) + beta · C, row-major, where op(A) is M×K and op(B) is K×N.
+/// Leading dimensions default to contiguous storage; attention passes wider ones to address one
+/// head inside a [tokens, heads × headDim] activation without copying it out.
+/// Every matrix product in the kernels goes through here. The C function is `cblas_sgemm`.
+public func sgemm(
+    _ c: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+    M: Int, N: Int, K: Int, transposeA: Bool = false, transposeB: Bool = false, alpha: Float = 1, beta: Float = 0,
+    lda: Int? = nil, ldb: Int? = nil, ldc: Int? = nil
+) {
+    guard M > 0, N > 0 else { return }
+    cblas_sgemm(
+        CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+        Int32(M), Int32(N), Int32(K), alpha, a, Int32(lda ?? (transposeA ? M : K)), b, Int32(ldb ?? (transposeB ? K : N)),
+        beta, c, Int32(ldc ?? N))
+}
+
+/// Sets the number of threads OpenBLAS uses. The C function is `openblas_set_num_threads`.
+public func setBLASThreads(_ count: Int) {
+    openblas_set_num_threads(Int32(max(1, count)))
+}
