@@ -27,19 +27,21 @@ let package = Package(
         .target(name: "Checksum", dependencies: ["CXXHash"], swiftSettings: optimize),
         .target(name: "SafetensorsFormat", dependencies: ["FileIO", "Checksum"], swiftSettings: optimize),
         .target(name: "TensorKernels", dependencies: ["CBLAS"], swiftSettings: optimize),
+        .target(name: "ModelArchitectures", dependencies: ["TensorKernels", "SafetensorsFormat"], swiftSettings: optimize),
         .target(name: "MergeMethods", dependencies: ["Checksum"], swiftSettings: optimize),
         .target(
             name: "MergePipeline",
-            dependencies: ["FileIO", "Checksum", "SafetensorsFormat", "MergeMethods", "Yams"],
+            dependencies: ["FileIO", "Checksum", "SafetensorsFormat", "ModelArchitectures", "MergeMethods", "Yams"],
             swiftSettings: optimize),
         .executableTarget(
             name: "MergeCLI",
-            dependencies: ["MergePipeline", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["MergePipeline", "ModelArchitectures", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimize),
 
         .target(name: "TestSupport", dependencies: ["SafetensorsFormat"], path: "Tests/TestSupport"),
         .testTarget(name: "SafetensorsFormatTests", dependencies: ["SafetensorsFormat", "TestSupport"]),
         .testTarget(name: "TensorKernelsTests", dependencies: ["TensorKernels", "TestSupport"]),
+        .testTarget(name: "ModelArchitecturesTests", dependencies: ["ModelArchitectures", "TestSupport"]),
         .testTarget(name: "MergeMethodsTests", dependencies: ["MergeMethods", "TestSupport"]),
         .testTarget(name: "MergePipelineTests", dependencies: ["MergePipeline", "MergeCLI", "TestSupport"]),
     ],

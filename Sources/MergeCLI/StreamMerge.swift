@@ -3,6 +3,7 @@ import ArgumentParser
 import FileIO
 import Foundation
 import MergePipeline
+import ModelArchitectures
 import SafetensorsFormat
 
 @main
@@ -11,7 +12,7 @@ struct StreamMerge: ParsableCommand {
         commandName: "streammerge",
         abstract: "Merge fine-tuned checkpoints of one base model, streaming one layer at a time.",
         version: toolVersion,
-        subcommands: [Merge.self, Plan.self, Verify.self, Inspect.self])
+        subcommands: [Merge.self, Plan.self, Verify.self, Inspect.self, Forward.self])
 }
 
 /// Runs `body`, printing any error to stderr and exiting with 2 for invalid input, 1 for failures.
@@ -22,6 +23,9 @@ func reportingErrors<T>(_ body: () throws -> T) throws -> T {
         printError(error.description)
         throw ExitCode(error.exitCode)
     } catch let error as SafetensorsError {
+        printError(error.description)
+        throw ExitCode(2)
+    } catch let error as ArchitectureError {
         printError(error.description)
         throw ExitCode(2)
     } catch let error as SystemError {

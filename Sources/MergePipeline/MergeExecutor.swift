@@ -63,9 +63,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         bytesOut.forEach { $0.deallocate() }
     }
 
-    var layersDone = 0
     for (layerNumber, layer) in plan.layers.enumerated() {
-        defer { layersDone = layerNumber + 1 }
         guard layer.tensors.upperBound > journal.tensors_done else { continue }
         for index in layer.tensors where index >= journal.tensors_done {
             let tensor = plan.tensors[index]

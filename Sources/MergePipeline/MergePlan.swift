@@ -1,6 +1,7 @@
 // MergePlan: everything decided from headers alone — matched tensors, layers, parameters, shards, heads, memory.
 import Foundation
 import MergeMethods
+import ModelArchitectures
 import SafetensorsFormat
 
 /// One output tensor and where its inputs live.

@@ -27,7 +27,7 @@ final class ShardStreamWriter {
         hasher = XXH3Hasher(.bits128)
         guard let offset else {
             file = try OutputFile(path: path)
-            try write(UnsafeRawBufferPointer(start: plan.shards[index].layout.headerBytes, count: plan.shards[index].layout.headerBytes.count))
+            try plan.shards[index].layout.headerBytes.withUnsafeBytes { try write($0) }
             return
         }
         // A crash between a shard's rename and the next journal leaves it under its final name.

@@ -57,3 +57,16 @@ public struct TensorNaming: Sendable {
         return .final
     }
 }
+
+extension TensorNaming {
+    /// A canonical name's name inside its layer: for a block, what follows the block index
+    /// (`encoder.layer.3.output.dense.weight` → `output.dense.weight`); otherwise the canonical name.
+    public func localName(of canonicalName: String, in layer: LayerKey) -> String {
+        guard case let .block(index) = layer else { return canonicalName }
+        let parts = canonicalName.split(separator: ".", omittingEmptySubsequences: false)
+        for i in 0..<(parts.count - 1) where ["layers", "layer", "h", "blocks"].contains(parts[i]) && parts[i + 1] == "\(index)" {
+            return parts[(i + 2)...].joined(separator: ".")
+        }
+        return canonicalName
+    }
+}
