@@ -30,18 +30,23 @@ let package = Package(
         .target(name: "ModelArchitectures", dependencies: ["TensorKernels", "SafetensorsFormat"], swiftSettings: optimize),
         .target(name: "MergeMethods", dependencies: ["Checksum"], swiftSettings: optimize),
         .target(
+            name: "Distillation",
+            dependencies: ["CLZ4", "FileIO", "Checksum", "SafetensorsFormat", "TensorKernels", "ModelArchitectures", "MergeMethods"],
+            swiftSettings: optimize),
+        .target(
             name: "MergePipeline",
-            dependencies: ["FileIO", "Checksum", "SafetensorsFormat", "ModelArchitectures", "MergeMethods", "Yams"],
+            dependencies: ["FileIO", "Checksum", "SafetensorsFormat", "ModelArchitectures", "MergeMethods", "Distillation", "Yams"],
             swiftSettings: optimize),
         .executableTarget(
             name: "MergeCLI",
-            dependencies: ["MergePipeline", "ModelArchitectures", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["MergePipeline", "ModelArchitectures", "Distillation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimize),
 
         .target(name: "TestSupport", dependencies: ["SafetensorsFormat"], path: "Tests/TestSupport"),
         .testTarget(name: "SafetensorsFormatTests", dependencies: ["SafetensorsFormat", "TestSupport"]),
         .testTarget(name: "TensorKernelsTests", dependencies: ["TensorKernels", "TestSupport"]),
         .testTarget(name: "ModelArchitecturesTests", dependencies: ["ModelArchitectures", "TestSupport"]),
+        .testTarget(name: "DistillationTests", dependencies: ["Distillation", "TestSupport"]),
         .testTarget(name: "MergeMethodsTests", dependencies: ["MergeMethods", "TestSupport"]),
         .testTarget(name: "MergePipelineTests", dependencies: ["MergePipeline", "MergeCLI", "TestSupport"]),
     ],

@@ -68,3 +68,8 @@ public func hex64(_ value: UInt64) -> String {
     let digits = String(value, radix: 16)
     return String(repeating: "0", count: 16 - digits.count) + digits
 }
+
+/// XXH64 of `bytes` (seed 0): the activation cache's per-chunk check. The C function is `XXH64`.
+public func xxh64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    XXH64(bytes.baseAddress, bytes.count, 0)
+}

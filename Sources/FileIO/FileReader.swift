@@ -31,3 +31,32 @@ public enum FileReader {
         return try forEachPiece(of: path, buffer: buffer, body)
     }
 }
+
+/// An open file read at explicit offsets (`pread`), for formats read piece by piece out of order.
+public final class PositionalReader {
+    public let path: String
+    public let size: Int
+    private let fd: Int32
+
+    public init(path: String) throws(SystemError) {
+        self.path = path
+        fd = try Syscalls.open(path, O_RDONLY)
+        do { size = try Syscalls.fileSize(fd, path: path) } catch {
+            Syscalls.close(fd)
+            throw error
+        }
+    }
+
+    deinit { Syscalls.close(fd) }
+
+    /// Reads exactly `count` bytes at `offset` into `buffer`; false if the file ends first.
+    public func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: Int) throws(SystemError) -> Bool {
+        var done = 0
+        while done < count {
+            let got = try Syscalls.pread(fd, buffer + done, count - done, offset + done, path: path)
+            if got == 0 { return false }
+            done += got
+        }
+        return true
+    }
+}

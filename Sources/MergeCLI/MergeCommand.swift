@@ -35,7 +35,17 @@ extension StreamMerge {
                 var options = MergeOptions(
                     outputDirectory: out, threads: threads ?? ProcessInfo.processInfo.activeProcessorCount,
                     resume: resume, force: force)
+                options.scratchDirectory = scratch
                 if stderrIsTerminal && !quiet {
+                    let trainingStarted = Date()
+                    let blocks = plan.layers.filter { if case .block = $0.key { true } else { false } }.count
+                    options.distillProgress = { block, epoch, epochs, loss in
+                        // ETA from the blocks and epochs done so far at the average pace.
+                        let done = Double(block) + Double(epoch) / Double(epochs)
+                        let eta = Date().timeIntervalSince(trainingStarted) / max(done, 1e-9) * (Double(blocks) - done)
+                        let line = String(format: "\r  block %d/%d  epoch %d/%d  loss %.6g  ETA %.0f s   ", block + 1, blocks, epoch, epochs, loss, eta)
+                        FileHandle.standardError.write(Data(line.utf8))
+                    }
                     let started = Date(), expected = plan.outputBytes
                     options.progress = { done, total, written in
                         let seconds = max(Date().timeIntervalSince(started), 1e-3)

@@ -31,7 +31,7 @@ extension StreamMerge {
                 let plan = try MergePlan(config: try MergeConfig.load(path: config))
                 let workers = threads ?? ProcessInfo.processInfo.activeProcessorCount
                 return Summary(
-                    method: plan.config.method.rawValue, models: plan.models.count, tensors: plan.tensors.count,
+                    method: plan.config.methodName, models: plan.models.count, tensors: plan.tensors.count,
                     input_bytes: plan.inputBytes, output_bytes: plan.outputBytes, threads: workers,
                     estimated_peak_rss_bytes: plan.estimatedPeakBytes(threads: workers),
                     layers: plan.layers.map { layer in

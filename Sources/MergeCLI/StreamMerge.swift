@@ -1,5 +1,6 @@
 // StreamMerge: the `streammerge` command — parsing and printing only; the work lives in MergePipeline.
 import ArgumentParser
+import Distillation
 import FileIO
 import Foundation
 import MergePipeline
@@ -25,6 +26,9 @@ func reportingErrors<T>(_ body: () throws -> T) throws -> T {
     } catch let error as SafetensorsError {
         printError(error.description)
         throw ExitCode(2)
+    } catch let error as ActivationCacheError {
+        printError(error.description)
+        throw ExitCode(1)
     } catch let error as ArchitectureError {
         printError(error.description)
         throw ExitCode(2)

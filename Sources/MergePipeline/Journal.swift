@@ -1,4 +1,5 @@
 // Journal: progress of an unfinished merge, replaced atomically after every layer, for `--resume`.
+import Distillation
 import FileIO
 import Foundation
 
@@ -24,6 +25,9 @@ struct Journal: Codable {
     var shard_prefix_xxh3_128: String
     var finished_shards: [Manifest.FileRecord]
     var tensor_hashes: [Manifest.TensorRecord]
+    /// Data-driven methods: statistics of the layers already trained.
+    var layer_statistics: [String: DistillLayerStatistics]?
+    var layer_timings: [DistillLayerTiming]?
 
     static func path(in directory: String) -> String { directory + "/.streammerge/journal.json" }
 

@@ -1,4 +1,5 @@
 // Manifest: merge-manifest.json — what went in, what came out, every file's and tensor's hash.
+import Distillation
 import Foundation
 
 /// `merge-manifest.json`, written last: its presence means the output is complete. Everything but
@@ -21,6 +22,8 @@ public struct Manifest: Codable, Sendable {
     public struct LayerRecord: Codable, Sendable {
         public var layer: String
         public var tensors: Int
+        /// Data-driven methods: loss before and after training, epochs and steps (timings are under `run`).
+        public var distill: DistillLayerStatistics?
     }
 
     public struct RunFigures: Codable, Sendable {
@@ -30,6 +33,8 @@ public struct Manifest: Codable, Sendable {
         public var bytes_written: Int
         public var threads: Int
         public var resumed: Bool
+        /// Data-driven methods: seconds per trained layer and activation-cache figures.
+        public var distill_layers: [DistillLayerTiming]?
     }
 
     public var format_version = 1

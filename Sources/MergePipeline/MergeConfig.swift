@@ -1,4 +1,5 @@
 // MergeConfig: the YAML merge config (mergekit's format for the methods we share), strictly parsed.
+import Distillation
 import Foundation
 import MergeMethods
 import SafetensorsFormat
@@ -34,7 +35,13 @@ public struct ModelEntry: Sendable {
 
 /// A parsed, validated merge config. Model paths are resolved to absolute paths.
 public struct MergeConfig: Sendable {
+    /// The method as the config names it (`prodistill`, `ties`, …), for the manifest.
+    public var methodName: String
+    /// The data-free method of every tensor not trained: the method itself, or task arithmetic at
+    /// λ = distill.init for a data-driven method's embeddings and final layers.
     public var method: MergeMethod
+    /// Set for data-driven methods.
+    public var distill: DistillSettings?
     public var basePath: String?
     public var models: [ModelEntry]
     public var parameters: [String: ParameterValue]
@@ -78,14 +85,20 @@ public struct MergeConfig: Sendable {
             throw fail("unknown key '\(key)'")
         }
         guard let methodName = root["merge_method"] as? String else { throw fail("missing 'merge_method'") }
-        guard let method = MergeMethod(rawValue: methodName) else {
-            let known = MergeMethod.allCases.map(\.rawValue).joined(separator: ", ")
-            if ["prodistill", "samerging", "adamerging", "regmean"].contains(methodName) {
-                throw fail("merge_method '\(methodName)' is not available in this version (supported: \(known))")
-            }
+        let known = (MergeMethod.allCases.map(\.rawValue) + ["prodistill"]).joined(separator: ", ")
+        let method: MergeMethod
+        var distill: DistillSettings? = nil
+        if methodName == "prodistill" {
+            method = .taskArithmetic
+            distill = try parseDistill(root["distill"], fail: fail)
+        } else if let dataFree = MergeMethod(rawValue: methodName) {
+            method = dataFree
+            if root["distill"] != nil { throw fail("'distill' applies only to data-driven methods, not '\(methodName)'") }
+        } else if ["samerging", "adamerging", "regmean"].contains(methodName) {
+            throw fail("merge_method '\(methodName)' is not available in this version (supported: \(known))")
+        } else {
             throw fail("unknown merge_method '\(methodName)' (supported: \(known))")
         }
-        if root["distill"] != nil { throw fail("'distill' applies only to data-driven methods, not '\(methodName)'") }
 
         // Absolute paths keep the manifest's input list usable from any working directory.
         let directory = (URL(fileURLWithPath: path).standardizedFileURL.path as NSString).deletingLastPathComponent
@@ -97,7 +110,7 @@ public struct MergeConfig: Sendable {
             return ((FileManager.default.currentDirectoryPath as NSString).appendingPathComponent(modelPath) as NSString).standardizingPath
         }
 
-        let parameters = try parseParameters(root["parameters"], context: "parameters", fail: fail)
+        var parameters = try parseParameters(root["parameters"], context: "parameters", fail: fail)
         guard let modelList = root["models"] as? [Any], !modelList.isEmpty else { throw fail("'models' must be a non-empty list") }
         var models: [ModelEntry] = []
         for (number, item) in modelList.enumerated() {
@@ -110,6 +123,18 @@ public struct MergeConfig: Sendable {
                 parameters: try parseParameters(entry["parameters"], context: "\(context).parameters", fail: fail),
                 calibration: (entry["calibration"] as? String).map(resolve),
                 head: (entry["head"] as? String).map(resolve)))
+        }
+        if var settings = distill {
+            if !parameters.isEmpty || models.contains(where: { !$0.parameters.isEmpty }) {
+                throw fail("\(methodName) learns its coefficients: 'parameters' do not apply (distill.init sets the starting value)")
+            }
+            for (number, model) in models.enumerated() where model.calibration == nil {
+                throw fail("models[\(number)] (\(model.path)) needs 'calibration': a JSONL file of examples of its task")
+            }
+            // Embeddings and final layers: task arithmetic at the initial coefficient.
+            settings.initialLambda = settings.lambda(taskCount: models.count)
+            parameters["lambda"] = .scalar(settings.initialLambda!)
+            distill = settings
         }
         let basePath = (root["base_model"] as? String).map(resolve)
         if method != .linear && basePath == nil { throw fail("merge_method '\(methodName)' needs 'base_model'") }
@@ -131,7 +156,7 @@ public struct MergeConfig: Sendable {
             seed = UInt64(number)
         }
         return MergeConfig(
-            method: method, basePath: basePath, models: models, parameters: parameters, outputDType: outputDType,
+            methodName: methodName, method: method, distill: distill, basePath: basePath, models: models, parameters: parameters, outputDType: outputDType,
             shardSize: shardSize, seed: seed, tokenizerSource: root["tokenizer_source"] as? String,
             canonicalText: text, path: path)
     }
@@ -161,6 +186,51 @@ public struct MergeConfig: Sendable {
             }
         }
         return result
+    }
+
+    static let distillKeys: Set<String> = [
+        "epochs", "lr", "batch_size", "init", "granularity", "activation_dtype", "include_padding", "max_length", "loss",
+    ]
+
+    /// The `distill:` block; every key checked, unknown ones named.
+    private static func parseDistill(_ value: Any?, fail: (String) -> MergeError) throws -> DistillSettings {
+        var settings = DistillSettings()
+        guard let value else { return settings }
+        guard let mapping = value as? [String: Any] else { throw fail("'distill' must be a mapping") }
+        for key in mapping.keys.sorted() where !distillKeys.contains(key) {
+            throw fail("unknown key '\(key)' in distill (known: \(distillKeys.sorted().joined(separator: ", ")))")
+        }
+        func positiveInt(_ key: String) throws -> Int? {
+            guard let raw = mapping[key] else { return nil }
+            guard !(raw is Bool), let number = raw as? Int, number > 0 else { throw fail("distill.\(key) must be a positive integer") }
+            return number
+        }
+        func choice(_ key: String, _ options: [String]) throws -> String? {
+            guard let raw = mapping[key] else { return nil }
+            guard let text = raw as? String, options.contains(text) else {
+                throw fail("distill.\(key) must be one of \(options.joined(separator: ", "))")
+            }
+            return text
+        }
+        settings.epochs = try positiveInt("epochs") ?? settings.epochs
+        settings.batchSize = try positiveInt("batch_size") ?? settings.batchSize
+        settings.maxLength = try positiveInt("max_length") ?? settings.maxLength
+        if let raw = mapping["lr"] {
+            guard let lr = numeric(raw), lr > 0 else { throw fail("distill.lr must be a positive number") }
+            settings.learningRate = lr
+        }
+        if let raw = mapping["init"] {
+            guard let lambda = numeric(raw) else { throw fail("distill.init must be a number") }
+            settings.initialLambda = lambda
+        }
+        if let raw = mapping["include_padding"] {
+            guard let flag = raw as? Bool else { throw fail("distill.include_padding must be true or false") }
+            settings.includePadding = flag
+        }
+        if let text = try choice("granularity", ["element", "tensor"]) { settings.granularity = .init(rawValue: text)! }
+        if let text = try choice("loss", ["sum", "mean"]) { settings.loss = .init(rawValue: text)! }
+        if let text = try choice("activation_dtype", ["float32", "bfloat16"]) { settings.activationDType = .init(rawValue: text)! }
+        return settings
     }
 
     private static func numeric(_ value: Any) -> Double? {

@@ -1,10 +1,12 @@
 // MergeExecutor: runs a data-free plan layer by layer — merge in chunks, write, hash, journal, manifest last.
 import Checksum
 import Dispatch
+import Distillation
 import FileIO
 import Foundation
 import MergeMethods
 import SafetensorsFormat
+import TensorKernels
 
 /// Options of one `merge` run.
 public struct MergeOptions: Sendable {
@@ -14,6 +16,10 @@ public struct MergeOptions: Sendable {
     public var force = false
     /// Called after each layer with (layers done, layer count, bytes written so far).
     public var progress: (@Sendable (Int, Int, Int) -> Void)? = nil
+    /// Data-driven methods: called after each epoch with (block, epoch, epochs, loss).
+    public var distillProgress: DistillProgress? = nil
+    /// Where data-driven methods keep their activation cache (default: inside the output's `.streammerge`).
+    public var scratchDirectory: String? = nil
 
     public init(outputDirectory: String, threads: Int, resume: Bool = false, force: Bool = false) {
         self.outputDirectory = outputDirectory
@@ -37,7 +43,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     let inputHashing = InputHasher(plan)
     var journal = Journal(
         config_xxh3_128: configHash, inputs: inputs, tensors_done: 0, shard: 0, shard_position: 0,
-        shard_prefix_xxh3_128: "", finished_shards: [], tensor_hashes: [])
+        shard_prefix_xxh3_128: "", finished_shards: [], tensor_hashes: [], layer_statistics: nil, layer_timings: nil)
     if let previous = journalBefore {
         guard previous.config_xxh3_128 == configHash else {
             throw MergeError.resume(path: out, detail: "the config changed since the interrupted run")
@@ -48,6 +54,12 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         journal = previous
     }
     try fileManager.createDirectory(atPath: out + "/.streammerge", withIntermediateDirectories: true)
+    let scratch = options.scratchDirectory ?? out + "/.streammerge/scratch"
+    let distiller = try plan.config.distill.map { settings in
+        try DistillRunner(plan: plan, settings: settings, scratch: scratch, threads: options.threads,
+                          previous: journal.layer_statistics ?? [:], previousTimings: journal.layer_timings ?? [],
+                          progress: options.distillProgress)
+    }
 
     let workers = min(options.threads, 64)
     let writer = ShardStreamWriter(plan: plan, directory: out)
@@ -65,6 +77,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
 
     for (layerNumber, layer) in plan.layers.enumerated() {
         guard layer.tensors.upperBound > journal.tensors_done else { continue }
+        let trained = try distiller?.trainedTensors(layer.key)
         for index in layer.tensors where index >= journal.tensors_done {
             let tensor = plan.tensors[index]
             let shardIndex = plan.shards.firstIndex { $0.tensors.contains(index) }!
@@ -74,11 +87,15 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
                 journal = Journal(
                     config_xxh3_128: configHash, inputs: inputs, tensors_done: index, shard: shardIndex,
                     shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
-                    finished_shards: finishedShards, tensor_hashes: tensorHashes)
+                    finished_shards: finishedShards, tensor_hashes: tensorHashes, layer_statistics: distiller?.statistics, layer_timings: distiller?.timings)
                 try journal.save(in: out)
             }
-            let hash = try mergeTensor(tensor, plan: plan, writer: writer, workers: workers,
-                                       workspaces: workspaces, buffers: buffers, bytesOut: bytesOut)
+            let hash = if let values = trained?[tensor.canonicalName] {
+                try writeTrainedTensor(values, tensor, plan: plan, writer: writer, bytes: bytesOut[0])
+            } else {
+                try mergeTensor(tensor, plan: plan, writer: writer, workers: workers,
+                                workspaces: workspaces, buffers: buffers, bytesOut: bytesOut)
+            }
             tensorHashes.append(Manifest.TensorRecord(
                 name: tensor.name, file: plan.shards[shardIndex].fileName, dtype: tensor.outputDType.rawValue,
                 shape: tensor.shape, xxh3_64: hash))
@@ -87,14 +104,16 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         // earlier; dropping every page of each input after each layer keeps them from piling up.
         for file in (plan.base?.files ?? []) + plan.models.flatMap(\.files) { file.mapping.releaseAll() }
         writer.startWriteback()
+        try distiller?.layerWritten(layer.key)
         // No fsync of the shard here: after a killed process the page cache still holds every byte
         // written, and after a power loss the resume re-hashes the partial shard against the journal's
         // prefix hash and refuses rather than continue from bytes that never reached the disk.
         journal = Journal(
             config_xxh3_128: configHash, inputs: inputs, tensors_done: layer.tensors.upperBound, shard: writer.shardIndex,
             shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
-            finished_shards: finishedShards, tensor_hashes: tensorHashes)
+            finished_shards: finishedShards, tensor_hashes: tensorHashes, layer_statistics: distiller?.statistics, layer_timings: distiller?.timings)
         try journal.save(in: out)
+        distiller?.layerCommitted(layer.key)
         options.progress?(layerNumber + 1, plan.layers.count, writer.totalWritten)
     }
     finishedShards.append(try writer.commit())
@@ -105,16 +124,19 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     outputs += try copyModelFiles(plan, directory: out)
 
     let manifest = Manifest(
-        tool: toolVersion, method: plan.config.method.rawValue, seed: plan.config.seed,
+        tool: toolVersion, method: plan.config.methodName, seed: plan.config.seed,
         config_path: plan.config.path, config_xxh3_128: configHash, config: plan.config.canonicalText,
         inputs: try inputHashing.result(), outputs: outputs.sorted { $0.path < $1.path }, tensors: tensorHashes,
-        layers: plan.layers.map { Manifest.LayerRecord(layer: $0.key.description, tensors: $0.tensors.count) },
+        layers: plan.layers.map {
+            Manifest.LayerRecord(layer: $0.key.description, tensors: $0.tensors.count, distill: distiller?.statistics[$0.key.description])
+        },
         run: Manifest.RunFigures(
             wall_seconds: Date().timeIntervalSince(start), peak_rss_bytes: peakResidentBytes(),
             bytes_read: plan.inputBytes, bytes_written: outputs.reduce(0) { $0 + $1.size },
-            threads: options.threads, resumed: journalBefore != nil))
+            threads: options.threads, resumed: journalBefore != nil, distill_layers: distiller?.timings))
     try writeFileAtomically(out + "/" + Manifest.fileName, Array(try manifest.encoded()))
     try? fileManager.removeItem(atPath: out + "/.streammerge")
+    if distiller != nil { try? fileManager.removeItem(atPath: scratch) }
     return manifest
 }
 
@@ -245,6 +267,23 @@ private func mergeTensor(
     pipeline.waitUntilDrained(0)
     pipeline.waitUntilDrained(1)
     try pipeline.rethrow()
+    return hasher.hexDigest()
+}
+
+/// Writes a tensor whose f32 values were computed whole (a trained block's), converting to the output
+/// dtype a chunk at a time. Returns its XXH3-64.
+private func writeTrainedTensor(
+    _ values: Tensor, _ tensor: PlannedTensor, plan: MergePlan, writer: ShardStreamWriter, bytes: UnsafeMutableRawPointer
+) throws -> String {
+    precondition(values.count == tensor.elementCount, "\(tensor.name): trained values do not match the planned shape")
+    let hasher = XXH3Hasher(.bits64)
+    for start in stride(from: 0, to: values.count, by: plan.chunkSize) {
+        let count = min(plan.chunkSize, values.count - start)
+        convertFromFloat(bytes, from: values.data + start, dtype: tensor.outputDType, count: count)
+        let piece = UnsafeRawBufferPointer(start: bytes, count: count * tensor.outputDType.size)
+        try writer.write(piece)
+        hasher.update(piece)
+    }
     return hasher.hexDigest()
 }
 

@@ -1,0 +1,107 @@
+// CoefficientAdam: Adam on merging coefficients λ, stepping the merged weights directly — element-wise (collapsed) and per-tensor.
+import Foundation
+import ModelArchitectures
+import TensorKernels
+
+/// Adam (β 0.9/0.999, ε 1e-8, as torch.optim.Adam) on coefficients λᵢ of W = θ₀ + Σᵢ λᵢ ⊙ τᵢ, given
+/// G = ∂L/∂W. Since ∂L/∂λᵢ = G ⊙ τᵢ, the optimizer moves W itself; λ is never materialised.
+public protocol CoefficientOptimizer {
+    /// One step: updates `weights` in place from `gradients`, reading task vectors from `tasks`.
+    func step(weights: LayerWeights, gradients: LayerWeights, tasks: TaskVectors, threads: Int)
+}
+
+struct AdamConstants {
+    let learningRate: Float
+    let beta1: Float = 0.9, beta2: Float = 0.999, epsilon: Float = 1e-8
+}
+
+/// Element-wise λ with optimizer state the size of one weight (DESIGN.md §5). With m = v = 0 at the
+/// start, λᵢ's moments are mᵢ = τᵢ ⊙ M and vᵢ = τᵢ² ⊙ V, where M and V are Adam's moments of G. So
+/// torch's update of λᵢ, −(lr/bc₁)·mᵢ/(√vᵢ/√bc₂ + ε), moves W by
+/// ΔW = Σᵢ τᵢ ⊙ Δλᵢ = −(lr/bc₁)·M ⊙ Σᵢ τᵢ² / (|τᵢ|·√V/√bc₂ + ε), exactly, ε included.
+public final class ElementwiseAdam: CoefficientOptimizer {
+    let constants: AdamConstants
+    let first: [String: Tensor], second: [String: Tensor]
+    private(set) var steps = 0
+
+    public init(shapes: [String: [Int]], learningRate: Double) {
+        constants = AdamConstants(learningRate: Float(learningRate))
+        first = shapes.mapValues { Tensor(shape: $0) }
+        second = shapes.mapValues { Tensor(shape: $0) }
+    }
+
+    public func step(weights: LayerWeights, gradients: LayerWeights, tasks: TaskVectors, threads: Int) {
+        steps += 1
+        let c = constants
+        let bias1 = 1 - Float(pow(Double(c.beta1), Double(steps))), bias2 = Float(pow(Double(c.beta2), Double(steps)))
+        let stepSize = c.learningRate / bias1, sqrtBias2 = (1 - bias2).squareRoot()
+        tasks.forEachChunk(threads: threads) { name, elements, _, taus in
+            let offset = elements.lowerBound
+            let w = weights[name]!.data + offset, g = gradients[name]!.data + offset
+            let m = first[name]!.data + offset, v = second[name]!.data + offset
+            for j in 0..<elements.count {
+                let gj = g[j]
+                m[j] = c.beta1 * m[j] + (1 - c.beta1) * gj
+                v[j] = c.beta2 * v[j] + (1 - c.beta2) * gj * gj
+                let scale = v[j].squareRoot() / sqrtBias2
+                var sum: Float = 0
+                for tau in taus {
+                    let t = tau[j]
+                    sum += t * t / (abs(t) * scale + c.epsilon)
+                }
+                w[j] -= stepSize * m[j] * sum
+            }
+        }
+    }
+}
+
+/// One λ per tensor per task: ∂L/∂λᵢ = Σ G ⊙ τᵢ over the tensor (summed per fixed chunk, then in
+/// chunk order, so threads do not change it); Adam on those T × tensors scalars; W += Σᵢ Δλᵢ·τᵢ.
+public final class TensorwiseAdam: CoefficientOptimizer {
+    let constants: AdamConstants
+    var first: [String: [Double]] = [:], second: [String: [Double]] = [:]
+    private(set) var steps = 0
+
+    public init(names: [String], taskCount: Int, learningRate: Double) {
+        constants = AdamConstants(learningRate: Float(learningRate))
+        for name in names {
+            first[name] = [Double](repeating: 0, count: taskCount)
+            second[name] = first[name]
+        }
+    }
+
+    public func step(weights: LayerWeights, gradients: LayerWeights, tasks: TaskVectors, threads: Int) {
+        steps += 1
+        let T = tasks.taskCount
+        // Pass 1: per-chunk partial dot products, keyed by (tensor, chunk start).
+        let lock = NSLock()
+        var partials: [String: [Int: [Double]]] = [:]
+        tasks.forEachChunk(threads: threads) { name, elements, _, taus in
+            let g = gradients[name]!.data + elements.lowerBound
+            let sums = taus.map { tau in (0..<elements.count).reduce(0.0) { $0 + Double(g[$1]) * Double(tau[$1]) } }
+            lock.withLock { partials[name, default: [:]][elements.lowerBound] = sums }
+        }
+        var deltas: [String: [Float]] = [:]
+        let c = constants
+        let bias1 = 1 - pow(Double(c.beta1), Double(steps)), bias2 = 1 - pow(Double(c.beta2), Double(steps))
+        for (name, chunks) in partials {
+            var gradient = [Double](repeating: 0, count: T)
+            for start in chunks.keys.sorted() { for i in 0..<T { gradient[i] += chunks[start]![i] } }
+            deltas[name] = (0..<T).map { i in
+                first[name]![i] = Double(c.beta1) * first[name]![i] + (1 - Double(c.beta1)) * gradient[i]
+                second[name]![i] = Double(c.beta2) * second[name]![i] + (1 - Double(c.beta2)) * gradient[i] * gradient[i]
+                let denominator = second[name]![i].squareRoot() / bias2.squareRoot() + Double(c.epsilon)
+                return Float(-Double(c.learningRate) / bias1 * first[name]![i] / denominator)
+            }
+        }
+        // Pass 2: move W by Σᵢ Δλᵢ·τᵢ.
+        tasks.forEachChunk(threads: threads) { name, elements, _, taus in
+            let w = weights[name]!.data + elements.lowerBound, delta = deltas[name]!
+            for j in 0..<elements.count {
+                var sum: Float = 0
+                for (i, tau) in taus.enumerated() { sum += delta[i] * tau[j] }
+                w[j] += sum
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+// TaskVectors: one block's base and fine-tuned tensors, read from the mapped inputs in chunks as f32 task vectors.
+import Dispatch
+import ModelArchitectures
+import SafetensorsFormat
+import TensorKernels
+
+/// Where each tensor of one layer lives in the base and in every fine-tune. Task vectors τᵢ = θᵢ − θ₀
+/// are never stored: each optimizer step recomputes the chunk it needs from the mapped files
+/// (bf16 or f32), so memory holds one chunk per thread instead of T copies of the layer.
+public final class TaskVectors: @unchecked Sendable {
+    public let names: [String]
+    public let shapes: [String: [Int]]
+    let base: [String: (SafetensorsFile, TensorInfo)]
+    let tasks: [[String: (SafetensorsFile, TensorInfo)]]
+    public static let chunkSize = 1 << 16
+
+    /// The floating-point tensors of `layer` in `base` and `fineTunes`, matched by local name.
+    public init(layer: LayerKey, base: LayerReader, fineTunes: [LayerReader]) throws(ArchitectureError) {
+        func entries(_ reader: LayerReader) -> [String: (SafetensorsFile, TensorInfo)] {
+            (reader.layerTensors[layer] ?? [:]).reduce(into: [:]) { result, pair in
+                let (file, info) = reader.source.tensor(pair.value)!
+                if info.dtype.isFloatingPoint { result[pair.key] = (file, info) }
+            }
+        }
+        self.base = entries(base)
+        tasks = fineTunes.map(entries)
+        names = self.base.keys.sorted()
+        shapes = self.base.mapValues { $0.1.shape }
+        for (number, task) in tasks.enumerated() {
+            for name in names where task[name]?.1.shape != shapes[name] {
+                throw .missingTensor(path: fineTunes[number].source.path, tensor: "\(layer) \(name)")
+            }
+        }
+    }
+
+    public var taskCount: Int { tasks.count }
+
+    /// Calls `body(name, elements, base, τ)` for every chunk of every tensor, spread over `threads`;
+    /// `base` and each τᵢ hold the chunk's elements as f32. Chunks are fixed (not per thread), so
+    /// any per-chunk reduction combined in chunk order is independent of the thread count.
+    public func forEachChunk(
+        threads: Int,
+        _ body: (_ name: String, _ elements: Range<Int>, _ base: UnsafePointer<Float>, _ tasks: [UnsafePointer<Float>]) -> Void
+    ) {
+        var work: [(name: String, elements: Range<Int>)] = []
+        for name in names {
+            let count = base[name]!.1.elementCount
+            for start in stride(from: 0, to: count, by: Self.chunkSize) { work.append((name, start..<min(count, start + Self.chunkSize))) }
+        }
+        let T = tasks.count
+        let workers = max(1, min(threads, work.count))
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: (T + 1) * Self.chunkSize)
+            defer { scratch.deallocate() }
+            for index in stride(from: worker, to: work.count, by: workers) {
+                let (name, elements) = work[index]
+                let (baseFile, baseInfo) = base[name]!
+                baseFile.readFloats(baseInfo, elements: elements, into: scratch)
+                var taus: [UnsafePointer<Float>] = []
+                for t in 0..<T {
+                    let tau = scratch + (t + 1) * Self.chunkSize
+                    let (file, info) = tasks[t][name]!
+                    file.readFloats(info, elements: elements, into: tau)
+                    for j in 0..<elements.count { tau[j] = tau[j] - scratch[j] }
+                    taus.append(UnsafePointer(tau))
+                }
+                body(name, elements, scratch, taus)
+            }
+        }
+    }
+
+    /// Drops the layer's mapped pages (the inputs are re-read each step from the page cache).
+    public func release() {
+        for (file, info) in base.values { file.mapping.releaseCovering(file.fileRange(of: info)) }
+        for task in tasks { for (file, info) in task.values { file.mapping.releaseCovering(file.fileRange(of: info)) } }
+    }
+
+    /// θ₀ + λ·Στᵢ for every tensor, as the data-free task-arithmetic merge computes it (the same f32
+    /// operations in the same order, so the result equals what a task_arithmetic merge writes).
+    public func taskArithmetic(lambda: Float, threads: Int) -> LayerWeights {
+        let tensors = Dictionary(uniqueKeysWithValues: names.map { ($0, Tensor(shape: shapes[$0]!)) })
+        forEachChunk(threads: threads) { name, elements, base, taus in
+            let out = tensors[name]!.data + elements.lowerBound
+            for j in 0..<elements.count {
+                var acc: Float = 0
+                for tau in taus { acc = acc + 1 * tau[j] }
+                out[j] = base[j] + lambda * acc
+            }
+        }
+        return LayerWeights(tensors: tensors, origin: "task arithmetic")
+    }
+}
