@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "streammerge", targets: ["MergeCLI"]),
+        .executable(name: "streammerge-bench", targets: ["StreamMergeBench"]),
         .library(name: "MergePipeline", targets: ["MergePipeline"]),
     ],
     dependencies: [
@@ -41,6 +42,11 @@ let package = Package(
             name: "MergeCLI",
             dependencies: ["MergePipeline", "ModelArchitectures", "Distillation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimize),
+        .executableTarget(
+            name: "StreamMergeBench",
+            dependencies: ["MergePipeline", "ModelArchitectures", "Distillation", "TensorKernels",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/StreamMergeBench", swiftSettings: optimize),
 
         .target(name: "TestSupport", dependencies: ["SafetensorsFormat"], path: "Tests/TestSupport"),
         .testTarget(name: "SafetensorsFormatTests", dependencies: ["SafetensorsFormat", "TestSupport"]),

@@ -96,7 +96,6 @@ public final class ProDistill {
     public func prepareEmbeddings() throws {
         let vectors = try TaskVectors(layer: .embeddings, base: base, fineTunes: fineTunes)
         let merged = roundedToOutput(vectors.taskArithmetic(lambda: lambda, threads: threads))
-        vectors.release()
         for task in 0..<taskCount {
             let student = try writer(layer: 0, task: task, merged: true)
             for batch in batches[task] {
@@ -240,7 +239,6 @@ public final class ProDistill {
         // The student as it will be written; the final loss is measured on exactly those weights.
         let merged = roundedToOutput(weights)
         let lossAfter = try fullLoss()
-        tasks.release()
         cacheSeconds += (students + targets).reduce(0) { $0 + $1.codecSeconds }
         return (merged, DistillLayerStatistics(loss_before: lossBefore, loss_after: lossAfter, epochs: settings.epochs, steps: steps),
                 DistillLayerTiming(layer: LayerKey.block(layer).description, seconds: Date().timeIntervalSince(started),
@@ -274,5 +272,29 @@ public final class ProDistill {
         for task in 0..<taskCount {
             for merged in [true, false] { try? FileManager.default.removeItem(atPath: cachePath(layer: layer, task: task, merged: merged)) }
         }
+    }
+}
+
+extension ProDistill {
+    /// Peak bytes of ProDistill's own working set (the executor's buffers and the process come on
+    /// top). The largest of its stages:
+    /// - embeddings: the merged embedding tables and one teacher's, in f32, plus one batch's outputs;
+    /// - a block: W, G and (element-wise) Adam's M and V, 4 bytes each per parameter — or a teacher's
+    ///   f32 block before training — plus one batch's forward tape and backward temporaries
+    ///   (≈ rows·(16·H + 4·I) floats and 2·heads·B·S² for the attention probabilities and their
+    ///   gradient), plus per-thread task-vector chunks.
+    public static func estimatedPeakBytes(
+        config: ArchitectureConfig, largestBlockParameters: Int, embeddingParameters: Int, tasks: Int,
+        settings: DistillSettings, threads: Int
+    ) -> Int {
+        let rows = settings.batchSize * settings.maxLength
+        let (H, I) = (config.hidden, config.intermediate)
+        let tape = 4 * (rows * (16 * H + 4 * I) + 2 * config.heads * settings.batchSize * settings.maxLength * settings.maxLength)
+        let activations = 4 * rows * H * 4
+        let chunks = threads * (tasks + 1) * TaskVectors.chunkSize * 4
+        let perParameter = settings.granularity == .element ? 16 : 8
+        let block = perParameter * largestBlockParameters + tape + activations + chunks
+        let embeddings = 2 * 4 * embeddingParameters + activations + chunks
+        return max(block, embeddings)
     }
 }

@@ -65,14 +65,15 @@ public final class TaskVectors: @unchecked Sendable {
                     taus.append(UnsafePointer(tau))
                 }
                 body(name, elements, scratch, taus)
+                // Mapped pages count in RSS: drop the chunk's pages now (they stay in the page cache,
+                // so the next step's reads are minor faults, not disk reads).
+                baseFile.mapping.releaseCovering(baseFile.fileRange(of: baseInfo, elements: elements))
+                for t in 0..<T {
+                    let (file, info) = tasks[t][name]!
+                    file.mapping.releaseCovering(file.fileRange(of: info, elements: elements))
+                }
             }
         }
-    }
-
-    /// Drops the layer's mapped pages (the inputs are re-read each step from the page cache).
-    public func release() {
-        for (file, info) in base.values { file.mapping.releaseCovering(file.fileRange(of: info)) }
-        for task in tasks { for (file, info) in task.values { file.mapping.releaseCovering(file.fileRange(of: info)) } }
     }
 
     /// θ₀ + λ·Στᵢ for every tensor, as the data-free task-arithmetic merge computes it (the same f32

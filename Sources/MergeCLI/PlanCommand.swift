@@ -12,7 +12,7 @@ extension StreamMerge {
         @Flag(name: .long, help: "Print JSON.") var json = false
 
         struct Summary: Encodable {
-            struct Layer: Encodable { var layer: String; var tensors: Int; var bytes: Int }
+            struct Layer: Encodable { var layer: String; var tensors: Int; var bytes: Int; var training_bytes: Int? }
             struct Shard: Encodable { var file: String; var tensors: Int; var bytes: Int }
             var method: String
             var models: Int
@@ -36,7 +36,8 @@ extension StreamMerge {
                     estimated_peak_rss_bytes: plan.estimatedPeakBytes(threads: workers),
                     layers: plan.layers.map { layer in
                         .init(layer: layer.key.description, tensors: layer.tensors.count,
-                              bytes: plan.tensors[layer.tensors].reduce(0) { $0 + $1.outputSpec.byteCount })
+                              bytes: plan.tensors[layer.tensors].reduce(0) { $0 + $1.outputSpec.byteCount },
+                              training_bytes: plan.distillLayerBytes(layer.key, threads: workers))
                     },
                     shards: plan.shards.map { .init(file: $0.fileName, tensors: $0.tensors.count, bytes: $0.layout.fileSize) },
                     heads: plan.heads.map(\.fileName))
@@ -45,7 +46,10 @@ extension StreamMerge {
             print("method \(summary.method): \(summary.models) models, \(summary.tensors) tensors, \(summary.layers.count) layers")
             print("input \(formatBytes(summary.input_bytes)), output \(formatBytes(summary.output_bytes)) in \(summary.shards.count) shard(s)")
             print("estimated peak memory with \(summary.threads) threads: \(formatBytes(summary.estimated_peak_rss_bytes))")
-            for layer in summary.layers { print("  \(layer.layer): \(layer.tensors) tensors, \(formatBytes(layer.bytes))") }
+            for layer in summary.layers {
+                let training = layer.training_bytes.map { ", training working set \(formatBytes($0))" } ?? ""
+                print("  \(layer.layer): \(layer.tensors) tensors, \(formatBytes(layer.bytes))\(training)")
+            }
             for shard in summary.shards { print("  \(shard.file): \(shard.tensors) tensors, \(formatBytes(shard.bytes))") }
             for head in summary.heads { print("  \(head)") }
         }

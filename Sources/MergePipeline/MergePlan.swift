@@ -1,4 +1,5 @@
 // MergePlan: everything decided from headers alone — matched tensors, layers, parameters, shards, heads, memory.
+import Distillation
 import Foundation
 import MergeMethods
 import ModelArchitectures
@@ -198,7 +199,30 @@ public struct MergePlan: @unchecked Sendable {
         // Each worker can also hold up to one chunk of mapped input pages per model not yet released.
         let mappedInFlight = (models.count + 1) * chunkSize * 4
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
-        return Self.processBaseline + threads * (perWorker + mappedInFlight) + headerBytes
+        return Self.processBaseline + threads * (perWorker + mappedInFlight) + headerBytes + distillPeakBytes(threads: threads)
+    }
+
+    /// ProDistill's working set (zero for data-free methods or a base without a runnable architecture):
+    /// the largest of `distillLayerBytes` over the layers.
+    public func distillPeakBytes(threads: Int) -> Int {
+        layers.compactMap { distillLayerBytes($0.key, threads: threads) }.max() ?? 0
+    }
+
+    /// ProDistill's working set while it handles `layer`: training a block, or computing the first
+    /// block's inputs through the embeddings; nil for layers it does not touch or data-free methods.
+    public func distillLayerBytes(_ layer: LayerKey, threads: Int) -> Int? {
+        guard let settings = config.distill, let base, let architecture = try? Architecture(source: base) else { return nil }
+        func parameters(_ key: LayerKey) -> Int {
+            layers.first { $0.key == key }.map { tensors[$0.tensors].reduce(0) { $0 + $1.elementCount } } ?? 0
+        }
+        switch layer {
+        case .final: return nil
+        case .embeddings, .block:
+            return ProDistill.estimatedPeakBytes(
+                config: architecture.config, largestBlockParameters: layer == .embeddings ? 0 : parameters(layer),
+                embeddingParameters: layer == .embeddings ? parameters(.embeddings) : 0,
+                tasks: models.count, settings: settings, threads: threads)
+        }
     }
 
     /// Resident memory of the runtime, libraries and code before any merge work (measured, rounded up).

@@ -89,6 +89,8 @@ public func runForward(_ options: ForwardOptions) throws -> ForwardSummary {
             (next.data + start * S * H).update(from: output.data, count: part.rows * H)
         }
         hidden = next
+        // Fault-around maps neighbouring pages of later tensors too; sweep them so nothing accumulates with depth.
+        for file in source.files { file.mapping.releaseAll() }
         if options.allLayers && index < config.layers - 1 { try emit(hidden) }
     }
     let final = reader.read(.final)

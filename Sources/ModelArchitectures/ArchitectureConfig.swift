@@ -72,7 +72,15 @@ public struct ArchitectureConfig: Sendable {
         positionsFromPadding = modelType == "roberta"
         tieWordEmbeddings = (config["tie_word_embeddings"] as? Bool) ?? (family == .bert)
         slidingWindow = config["sliding_window"] as? Int
-        ropeTheta = try number("rope_theta", default: 10000)
+        // transformers ≥ 5 writes RoPE settings as `rope_parameters` (theta and type together);
+        // earlier versions and most checkpoints use top-level `rope_theta` and `rope_scaling`.
+        let ropeParameters = config["rope_parameters"] as? [String: Any]
+        if let raw = ropeParameters?["rope_theta"] {
+            guard let value = raw as? Double else { throw .invalidConfig(path: path, detail: "rope_parameters.rope_theta is not a number") }
+            ropeTheta = value
+        } else {
+            ropeTheta = try number("rope_theta", default: 10000)
+        }
         let activation = (config["hidden_act"] as? String) ?? (family == .bert ? "gelu" : "silu")
         switch (family, activation) {
         case (.bert, "gelu"): gelu = .erf
@@ -85,7 +93,7 @@ public struct ArchitectureConfig: Sendable {
         case .llama: normEps = Float(try number("rms_norm_eps", default: 1e-6))
         }
         ropeScaling = .none
-        if family == .llama, let scaling = config["rope_scaling"] as? [String: Any] {
+        if family == .llama, let scaling = (config["rope_scaling"] as? [String: Any]) ?? ropeParameters {
             let type = (scaling["rope_type"] ?? scaling["type"]) as? String
             switch type {
             case "default": break
