@@ -18,6 +18,8 @@ public struct DistillSettings: Sendable, Equatable {
     public var includePadding = false
     public var maxLength = 128
     public var loss = LossReduction.sum
+    /// RegMean: the factor on the Gram matrices' off-diagonal entries.
+    public var alpha = 0.9
 
     public init() {}
 

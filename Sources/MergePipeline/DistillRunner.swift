@@ -1,14 +1,14 @@
-// DistillRunner: connects ProDistill to the executor — which layers it trains, their weights, caches and statistics.
+// DistillRunner: connects the data-driven block mergers (ProDistill, RegMean) to the executor — which layers it trains, their weights, caches and statistics.
 import Distillation
 import Foundation
 import ModelArchitectures
 import SafetensorsFormat
 import TensorKernels
 
-/// The executor asks it, layer by layer, for trained weights (blocks) and tells it when a layer is
+/// The executor asks it, layer by layer, for trained or solved weights (blocks) and tells it when a layer is
 /// written and journaled, so the activation cache advances and old files go only once safe.
 final class DistillRunner {
-    let distill: ProDistill
+    let distill: BlockMerger
     let baseReader: LayerReader
     let scratch: String
     /// Weights of the block being written, kept until its successor's inputs are computed.
@@ -22,11 +22,17 @@ final class DistillRunner {
         let architecture = try Architecture(source: base)
         let calibration = plan.config.models.map { $0.calibration! }
         baseReader = LayerReader(source: base)
-        distill = try ProDistill(
-            settings: settings, architecture: architecture, base: baseReader,
-            fineTunes: plan.models.map { LayerReader(source: $0) },
-            calibration: try calibration.map { try TokenizedExample.readJSONL($0) }, calibrationPaths: calibration,
-            scratch: scratch, outputDType: plan.config.outputDType ?? .f32, threads: threads, seed: plan.config.seed)
+        let fineTunes = plan.models.map { LayerReader(source: $0) }
+        let examples = try calibration.map { try TokenizedExample.readJSONL($0) }
+        if plan.config.methodName == "regmean" {
+            distill = try RegMean(settings: settings, architecture: architecture, base: baseReader, fineTunes: fineTunes,
+                                  calibration: examples, calibrationPaths: calibration, scratch: scratch, threads: threads)
+        } else {
+            distill = try ProDistill(
+                settings: settings, architecture: architecture, base: baseReader, fineTunes: fineTunes,
+                calibration: examples, calibrationPaths: calibration,
+                scratch: scratch, outputDType: plan.config.outputDType ?? .f32, threads: threads, seed: plan.config.seed)
+        }
         self.scratch = scratch
         statistics = previous
         timings = previousTimings
@@ -44,9 +50,9 @@ final class DistillRunner {
             }
             try distill.prepareEmbeddings()
         }
-        let (weights, stats, timing) = try distill.trainBlock(index, progress: progress)
+        let (weights, stats, timing) = try distill.mergeBlock(index, progress: progress)
         current = (index, weights)
-        statistics[layer.description] = stats
+        if let stats { statistics[layer.description] = stats }
         timings.removeAll { $0.layer == timing.layer }
         timings.append(timing)
         var byCanonical: [String: Tensor] = [:]

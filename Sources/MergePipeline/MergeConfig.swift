@@ -85,16 +85,20 @@ public struct MergeConfig: Sendable {
             throw fail("unknown key '\(key)'")
         }
         guard let methodName = root["merge_method"] as? String else { throw fail("missing 'merge_method'") }
-        let known = (MergeMethod.allCases.map(\.rawValue) + ["prodistill"]).joined(separator: ", ")
+        let known = (MergeMethod.allCases.map(\.rawValue) + ["prodistill", "regmean"]).joined(separator: ", ")
         let method: MergeMethod
         var distill: DistillSettings? = nil
         if methodName == "prodistill" {
             method = .taskArithmetic
-            distill = try parseDistill(root["distill"], fail: fail)
+            distill = try parseDistill(root["distill"], allowed: distillKeys, fail: fail)
+        } else if methodName == "regmean" {
+            // Tensors outside linear layers (embeddings, norms, biases, final layers): the mean.
+            method = .linear
+            distill = try parseDistill(root["distill"], allowed: regmeanKeys, fail: fail)
         } else if let dataFree = MergeMethod(rawValue: methodName) {
             method = dataFree
             if root["distill"] != nil { throw fail("'distill' applies only to data-driven methods, not '\(methodName)'") }
-        } else if ["samerging", "adamerging", "regmean"].contains(methodName) {
+        } else if ["samerging", "adamerging"].contains(methodName) {
             throw fail("merge_method '\(methodName)' is not available in this version (supported: \(known))")
         } else {
             throw fail("unknown merge_method '\(methodName)' (supported: \(known))")
@@ -126,18 +130,20 @@ public struct MergeConfig: Sendable {
         }
         if var settings = distill {
             if !parameters.isEmpty || models.contains(where: { !$0.parameters.isEmpty }) {
-                throw fail("\(methodName) learns its coefficients: 'parameters' do not apply (distill.init sets the starting value)")
+                throw fail("'parameters' do not apply to \(methodName): it derives the merge from calibration data (see distill)")
             }
             for (number, model) in models.enumerated() where model.calibration == nil {
                 throw fail("models[\(number)] (\(model.path)) needs 'calibration': a JSONL file of examples of its task")
             }
-            // Embeddings and final layers: task arithmetic at the initial coefficient.
-            settings.initialLambda = settings.lambda(taskCount: models.count)
-            parameters["lambda"] = .scalar(settings.initialLambda!)
+            if method == .taskArithmetic {
+                // Embeddings and final layers: task arithmetic at the initial coefficient.
+                settings.initialLambda = settings.lambda(taskCount: models.count)
+                parameters["lambda"] = .scalar(settings.initialLambda!)
+            }
             distill = settings
         }
         let basePath = (root["base_model"] as? String).map(resolve)
-        if method != .linear && basePath == nil { throw fail("merge_method '\(methodName)' needs 'base_model'") }
+        if (method != .linear || distill != nil) && basePath == nil { throw fail("merge_method '\(methodName)' needs 'base_model'") }
 
         var outputDType: DType? = nil
         for key in ["dtype", "out_dtype"] {
@@ -191,14 +197,19 @@ public struct MergeConfig: Sendable {
     static let distillKeys: Set<String> = [
         "epochs", "lr", "batch_size", "init", "granularity", "activation_dtype", "include_padding", "max_length", "loss",
     ]
+    static let regmeanKeys: Set<String> = ["batch_size", "max_length", "alpha", "activation_dtype"]
 
-    /// The `distill:` block; every key checked, unknown ones named.
-    private static func parseDistill(_ value: Any?, fail: (String) -> MergeError) throws -> DistillSettings {
+    /// The `distill:` block; every key checked against those the method uses, unknown ones named.
+    private static func parseDistill(_ value: Any?, allowed: Set<String>, fail: (String) -> MergeError) throws -> DistillSettings {
         var settings = DistillSettings()
         guard let value else { return settings }
         guard let mapping = value as? [String: Any] else { throw fail("'distill' must be a mapping") }
-        for key in mapping.keys.sorted() where !distillKeys.contains(key) {
-            throw fail("unknown key '\(key)' in distill (known: \(distillKeys.sorted().joined(separator: ", ")))")
+        for key in mapping.keys.sorted() where !allowed.contains(key) {
+            throw fail("unknown key '\(key)' in distill (known for this method: \(allowed.sorted().joined(separator: ", ")))")
+        }
+        if let raw = mapping["alpha"] {
+            guard let alpha = numeric(raw), alpha >= 0, alpha <= 1 else { throw fail("distill.alpha must be a number in [0, 1]") }
+            settings.alpha = alpha
         }
         func positiveInt(_ key: String) throws -> Int? {
             guard let raw = mapping[key] else { return nil }

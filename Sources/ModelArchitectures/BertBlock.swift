@@ -61,6 +61,16 @@ public struct BertBlock: TransformerBlock {
                     mean2: mean2, rstd2: rstd2, output: out)
     }
 
+    public func linearInputs(_ tape: BlockTape) -> [(weights: [String], input: Tensor)] {
+        let t = tape as! Tape
+        return [
+            (["attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight"], t.input),
+            (["attention.output.dense.weight"], t.context),
+            (["intermediate.dense.weight"], t.hidden),
+            (["output.dense.weight"], t.activation),
+        ]
+    }
+
     public func backward(_ tape: BlockTape, dout: Tensor, gradients g: LayerWeights, context c: BlockContext) -> Tensor {
         let t = tape as! Tape
         let (N, H, I) = (c.rows, config.hidden, config.intermediate)

@@ -62,6 +62,16 @@ public struct LlamaBlock: TransformerBlock {
                     hidden: hidden, rstd2: rstd2, normed2: normed2, gate: gate, up: up, gated: gated, output: out)
     }
 
+    public func linearInputs(_ tape: BlockTape) -> [(weights: [String], input: Tensor)] {
+        let t = tape as! Tape
+        return [
+            (["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"], t.normed1),
+            (["self_attn.o_proj.weight"], t.context),
+            (["mlp.gate_proj.weight", "mlp.up_proj.weight"], t.normed2),
+            (["mlp.down_proj.weight"], t.gated),
+        ]
+    }
+
     public func backward(_ tape: BlockTape, dout: Tensor, gradients g: LayerWeights, context c: BlockContext) -> Tensor {
         let t = tape as! Tape
         let (N, H, I) = (c.rows, config.hidden, config.intermediate)

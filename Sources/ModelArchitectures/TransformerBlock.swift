@@ -30,6 +30,9 @@ public protocol TransformerBlock {
     /// Accumulates the gradient of every weight into `gradients` (same names as the weights) and
     /// returns the gradient with respect to the block's input.
     func backward(_ tape: BlockTape, dout: Tensor, gradients: LayerWeights, context: BlockContext) -> Tensor
+    /// The input [rows, in] of every linear layer recorded in `tape`, with the weights (local names)
+    /// that read it: RegMean's Gram matrices come from these.
+    func linearInputs(_ tape: BlockTape) -> [(weights: [String], input: Tensor)]
 }
 
 /// y = x·Wᵀ + b as a new [rows, out] tensor.

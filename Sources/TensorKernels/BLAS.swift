@@ -21,3 +21,26 @@ public func sgemm(
 public func setBLASThreads(_ count: Int) {
     openblas_set_num_threads(Int32(max(1, count)))
 }
+
+/// C (M×N) = alpha · op(A) · op(B) + beta · C in double, row-major: RegMean's Gram matrices and
+/// solves run in double. The C function is `cblas_dgemm`.
+public func dgemm(
+    _ c: UnsafeMutablePointer<Double>, _ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>,
+    M: Int, N: Int, K: Int, transposeA: Bool = false, transposeB: Bool = false, alpha: Double = 1, beta: Double = 0
+) {
+    guard M > 0, N > 0 else { return }
+    cblas_dgemm(
+        CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+        Int32(M), Int32(N), Int32(K), alpha, a, Int32(transposeA ? M : K), b, Int32(transposeB ? K : N), beta, c, Int32(N))
+}
+
+/// Solves A·X = B for symmetric positive definite A (n×n, overwritten by its Cholesky factor) and
+/// `rhs` right-hand sides stored column by column in `b` (overwritten by X). Returns LAPACK's info:
+/// 0 on success, k > 0 when A is not positive definite. The Fortran routines are `dpotrf_`/`dpotrs_`.
+public func choleskySolve(_ a: UnsafeMutablePointer<Double>, n: Int, _ b: UnsafeMutablePointer<Double>, rhs: Int) -> Int {
+    var uplo = CChar(UInt8(ascii: "L")), size = Int32(n), count = Int32(rhs), info: Int32 = 0
+    dpotrf_(&uplo, &size, a, &size, &info)
+    guard info == 0 else { return Int(info) }
+    dpotrs_(&uplo, &size, &count, a, &size, b, &size, &info)
+    return Int(info)
+}
