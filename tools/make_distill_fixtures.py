@@ -29,7 +29,7 @@ It then prints two checks of the reference itself:
     |W*_λ − W*_collapse| over all merged tensors.
 
 Deterministic data (fixed seeds, own sorted safetensors writer); expected.json's seconds vary per run.
-usage: tools/.venv-torch/bin/python tools/make_distill_fixtures.py [--threads 2] [--skip-checks]
+usage: tools/.venv-torch/bin/python tools/make_distill_fixtures.py [--threads 1] [--skip-checks]
 """
 import argparse
 import json
@@ -194,7 +194,7 @@ def collapse_check(fam, cfg_name, epochs=None):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-checks", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -66,6 +66,10 @@ Algorithm (T fine-tunes θ1..θT of base θ0; τi = θi − θ0 per tensor, in f
   the kwargs each layer receives are captured from a forward of transformers' model on the batch, and
   the layer module itself (BertLayer, LlamaDecoderLayer, ...) is called through
   torch.func.functional_call with the block's weights. Nothing of the block is reimplemented.
+  Padded positions (they matter only with include_padding): pad tokens are embedded like any token
+  (pad id, token type 0; RoBERTa gives them position padding_idx); BERT family: a padded query attends
+  to every real key; Llama family: padded query j attends to the real keys k <= j, position ids run
+  0..S−1 through the padding (transformers' create_causal_mask with a right-padded mask).
 
 Outputs
   --out: safetensors with every base tensor under the BASE's tensor names, float32 (integer tensors
@@ -364,6 +368,14 @@ class ProDistill:
         self.pad_id = 0 if pad is None else int(pad)
         self.calib = [read_calibration(p, s["max_length"]) for p in s["calibration"]]
         self.n_examples = [len(c) for c in self.calib]
+        vocab = self.config.vocab_size
+        types = getattr(self.config, "type_vocab_size", 1) if self.bert_family else None
+        for path, examples in zip(s["calibration"], self.calib):
+            for n, (ids, _, tt) in enumerate(examples, 1):
+                if min(ids) < 0 or max(ids) >= vocab:
+                    raise ConfigError(f"{path}: example {n} has a token id outside 0..{vocab - 1}")
+                if types is not None and (min(tt) < 0 or max(tt) >= types):
+                    raise ConfigError(f"{path}: example {n} has a token type outside 0..{types - 1}")
         self.batches = make_batches(self.calib, s["batch_size"], self.pad_id, self.bert_family)
         H = self.config.hidden_size
         for b in self.batches:
