@@ -40,7 +40,7 @@ let package = Package(
             swiftSettings: optimize),
         .executableTarget(
             name: "MergeCLI",
-            dependencies: ["MergePipeline", "ModelArchitectures", "Distillation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["MergePipeline", "ModelArchitectures", "Distillation", "TensorKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: optimize),
         .executableTarget(
             name: "StreamMergeBench",

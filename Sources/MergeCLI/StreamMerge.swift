@@ -6,6 +6,7 @@ import Foundation
 import MergePipeline
 import ModelArchitectures
 import SafetensorsFormat
+import TensorKernels
 
 @main
 struct StreamMerge: ParsableCommand {
@@ -14,6 +15,12 @@ struct StreamMerge: ParsableCommand {
         abstract: "Merge fine-tuned checkpoints of one base model, streaming one layer at a time.",
         version: toolVersion,
         subcommands: [Merge.self, Plan.self, Verify.self, Inspect.self, Forward.self])
+
+    static func main() {
+        relaunchWithNativeBLASKernelsIfNeeded()
+        keepFreedTensorMemoryForReuse()
+        main(nil)
+    }
 }
 
 /// Runs `body`, printing any error to stderr and exiting with 2 for invalid input, 1 for failures.

@@ -34,7 +34,6 @@ public final class LayerWeights: @unchecked Sendable {
         tensors[name] == nil ? nil : try require(name, shape)
     }
 
-    public var parameterCount: Int { tensors.values.reduce(0) { $0 + $1.count } }
 }
 
 /// Reads layers of one model as f32, releasing the mapped pages of each tensor once converted, so a

@@ -13,6 +13,12 @@ struct StreamMergeBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "streammerge-bench", abstract: "Timings for the benchmarks in tools/ (prints JSON lines).",
         subcommands: [Block.self, Distill.self])
+
+    static func main() {
+        relaunchWithNativeBLASKernelsIfNeeded()
+        keepFreedTensorMemoryForReuse()
+        main(nil)
+    }
 }
 
 /// Median wall seconds of `repeat` runs of `body` after `warmup` unmeasured ones.

@@ -1,5 +1,6 @@
-// BLAS: the only file that touches OpenBLAS — row-major sgemm and the thread count.
+// BLAS: the only file that touches OpenBLAS — row-major sgemm/dgemm, Cholesky solves, threads and kernel selection.
 import CBLAS
+import Foundation
 
 /// C (M×N) = alpha · op(A) · op(B) + beta · C, row-major, where op(A) is M×K and op(B) is K×N.
 /// Leading dimensions default to contiguous storage; attention passes wider ones to address one
@@ -43,4 +44,34 @@ public func choleskySolve(_ a: UnsafeMutablePointer<Double>, n: Int, _ b: Unsafe
     guard info == 0 else { return Int(info) }
     dpotrs_(&uplo, &size, &count, a, &size, b, &size, &info)
     return Int(info)
+}
+
+/// The kernel family OpenBLAS picked for this CPU (e.g. "skylakex", "haswell", "prescott").
+/// The C function is `openblas_get_corename`.
+public func openBLASCoreName() -> String {
+    openblas_get_corename().map { String(cString: $0) } ?? "unknown"
+}
+
+/// OpenBLAS picks its kernels once, when the library loads, from the CPU model. Debian 12's 0.3.21
+/// predates Sapphire/Emerald Rapids and falls back to its generic SSE3 "Prescott" kernels on them:
+/// sgemm ran at 55 GFLOP/s instead of 290 on 2 cores of this machine kind. When that happened and the
+/// CPU has AVX-512 (or AVX2), this sets `OPENBLAS_CORETYPE` and re-executes the process so the library
+/// loads with the right kernels. Does nothing if the variable is already set (the user's choice wins).
+public func relaunchWithNativeBLASKernelsIfNeeded() {
+    guard ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil,
+          ["prescott", "core2", "penryn", "dunnington", "nehalem", "unknown"].contains(openBLASCoreName().lowercased()),
+          let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let flagsLine = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
+    let flags = Set(flagsLine.split(separator: " ").map(String.init))
+    let core: String
+    if flags.isSuperset(of: ["avx512f", "avx512bw", "avx512vl", "avx512dq"]) {
+        core = "SkylakeX"
+    } else if flags.isSuperset(of: ["avx2", "fma"]) {
+        core = "Haswell"
+    } else {
+        return
+    }
+    setenv("OPENBLAS_CORETYPE", core, 1)
+    execv("/proc/self/exe", CommandLine.unsafeArgv)
+    // execv returns only on failure: carry on with the generic kernels.
 }
