@@ -12,8 +12,8 @@ public protocol BlockMerger: AnyObject {
     /// Merges block `layer`: its weights by local name (f32, as they will be written) and figures.
     func mergeBlock(_ layer: Int, progress: DistillProgress?) throws
         -> (weights: LayerWeights, statistics: DistillLayerStatistics?, timing: DistillLayerTiming)
-    /// Computes block l+1's inputs that depend on the merged block. Returns codec seconds and bytes.
-    func advance(_ layer: Int, merged: LayerWeights) throws -> (seconds: Double, raw: Int, stored: Int)
+    /// Computes block l+1's inputs that depend on the merged block.
+    func advance(_ layer: Int, merged: LayerWeights) throws -> CacheFigures
     /// Deletes block `layer`'s inputs.
     func removeInputs(ofBlock layer: Int)
 }

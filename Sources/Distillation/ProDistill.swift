@@ -40,12 +40,10 @@ public final class ProDistill {
     let architecture: Architecture
     let base: LayerReader
     let fineTunes: [LayerReader]
-    let scratch: String
+    let cache: CalibrationCache
     let outputDType: DType
     let threads: Int
     let seed: UInt64
-    /// Per task: the batches (consecutive examples, padded to the batch's longest).
-    let batches: [[TokenBatch]]
     let lambda: Float
 
     public init(settings: DistillSettings, architecture: Architecture, base: LayerReader, fineTunes: [LayerReader],
@@ -55,41 +53,20 @@ public final class ProDistill {
         self.architecture = architecture
         self.base = base
         self.fineTunes = fineTunes
-        self.scratch = scratch
         self.outputDType = outputDType
         self.threads = threads
         self.seed = seed
         lambda = Float(settings.lambda(taskCount: fineTunes.count))
-        let pad = Int32(architecture.config.padTokenID)
-        batches = calibration.map { examples in
-            stride(from: 0, to: examples.count, by: settings.batchSize).map {
-                TokenBatch(Array(examples[$0..<min(examples.count, $0 + settings.batchSize)]), padID: pad, maxLength: settings.maxLength)
-            }
-        }
-        for (batchList, path) in zip(batches, calibrationPaths) {
-            for batch in batchList { try architecture.validate(batch, origin: path) }
-        }
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        cache = try CalibrationCache(settings: settings, architecture: architecture, calibration: calibration,
+                                     calibrationPaths: calibrationPaths, scratch: scratch)
     }
 
     var taskCount: Int { fineTunes.count }
     var hidden: Int { architecture.config.hidden }
-
-    func cachePath(layer: Int, task: Int, merged: Bool) -> String {
-        scratch + "/L\(layer)-t\(task)-\(merged ? "merged" : "teacher").smac"
-    }
-
-    func writer(layer: Int, task: Int, merged: Bool) throws -> ActivationCacheWriter {
-        try ActivationCacheWriter(path: cachePath(layer: layer, task: task, merged: merged), dtype: settings.activationDType,
-                                  exampleCount: batches[task].reduce(0) { $0 + $1.B }, rowShape: [hidden])
-    }
+    var batches: [[TokenBatch]] { cache.batches }
 
     /// Whether block `layer`'s inputs (z¹ and z² of every task) are in the scratch directory.
-    public func hasInputs(forBlock layer: Int) -> Bool {
-        (0..<taskCount).allSatisfy { task in
-            [true, false].allSatisfy { FileManager.default.fileExists(atPath: cachePath(layer: layer, task: task, merged: $0)) }
-        }
-    }
+    public func hasInputs(forBlock layer: Int) -> Bool { cache.exists(layer: layer, tasks: taskCount, ActivationPath.allCases) }
 
     /// Block 0's inputs: z¹ through the task-arithmetic embeddings (rounded as written), z² through
     /// each task's own embeddings.
@@ -97,19 +74,8 @@ public final class ProDistill {
         let vectors = try TaskVectors(layer: .embeddings, base: base, fineTunes: fineTunes)
         let merged = roundedToOutput(vectors.taskArithmetic(lambda: lambda, threads: threads))
         for task in 0..<taskCount {
-            let student = try writer(layer: 0, task: task, merged: true)
-            for batch in batches[task] {
-                let z = try architecture.embed(batch, weights: merged)
-                try student.append(z.data, count: z.count)
-            }
-            try student.finish()
-            let own = fineTunes[task].read(.embeddings)
-            let teacher = try writer(layer: 0, task: task, merged: false)
-            for batch in batches[task] {
-                let z = try architecture.embed(batch, weights: own)
-                try teacher.append(z.data, count: z.count)
-            }
-            try teacher.finish()
+            try cache.writeEmbeddings(task: task, weights: merged, .merged)
+            try cache.writeEmbeddings(task: task, weights: fineTunes[task].read(.embeddings), .teacher)
         }
     }
 
@@ -172,22 +138,10 @@ public final class ProDistill {
     public func trainBlock(_ layer: Int, progress: DistillProgress? = nil) throws
         -> (weights: LayerWeights, statistics: DistillLayerStatistics, timing: DistillLayerTiming) {
         let started = Date()
-        var cacheSeconds = 0.0, rawBytes = 0, storedBytes = 0
+        var figures = CacheFigures()
         // 1. Teachers' outputs: block l+1's z² and block l's targets.
         for task in 0..<taskCount {
-            let teacherBlock = try architecture.block(fineTunes[task].read(.block(layer)))
-            let input = try ActivationCacheReader(path: cachePath(layer: layer, task: task, merged: false))
-            let output = try writer(layer: layer + 1, task: task, merged: false)
-            for (number, batch) in batches[task].enumerated() {
-                let z = Tensor(shape: [batch.rows, hidden])
-                try input.read(chunk: number, into: z.data)
-                let y = teacherBlock.forward(z, context: architecture.context(for: batch)).output
-                try output.append(y.data, count: y.count)
-            }
-            try output.finish()
-            cacheSeconds += input.codecSeconds + output.codecSeconds
-            rawBytes += output.rawBytes
-            storedBytes += output.storedBytes
+            figures += try cache.propagate(architecture.block(fineTunes[task].read(.block(layer))), layer: layer, task: task, .teacher)
             for file in fineTunes[task].source.files { file.mapping.releaseAll() }
         }
 
@@ -199,20 +153,14 @@ public final class ProDistill {
         let optimizer: CoefficientOptimizer = settings.granularity == .element
             ? ElementwiseAdam(shapes: tasks.shapes, learningRate: settings.learningRate)
             : TensorwiseAdam(names: tasks.names, taskCount: taskCount, learningRate: settings.learningRate)
-        let students = try (0..<taskCount).map { try ActivationCacheReader(path: cachePath(layer: layer, task: $0, merged: true)) }
-        let targets = try (0..<taskCount).map { try ActivationCacheReader(path: cachePath(layer: layer + 1, task: $0, merged: false)) }
-
-        func load(_ reader: ActivationCacheReader, _ number: Int, _ batch: TokenBatch) throws -> Tensor {
-            let t = Tensor(shape: [batch.rows, hidden])
-            try reader.read(chunk: number, into: t.data)
-            return t
-        }
+        let students = try (0..<taskCount).map { try cache.reader(layer: layer, task: $0, .merged) }
+        let targets = try (0..<taskCount).map { try cache.reader(layer: layer + 1, task: $0, .teacher) }
         func fullLoss() throws -> Double {
             var total = 0.0
             for task in 0..<taskCount {
                 for (number, batch) in batches[task].enumerated() {
-                    let out = block.forward(try load(students[task], number, batch), context: architecture.context(for: batch)).output
-                    total += batchLoss(out, target: try load(targets[task], number, batch), batch: batch, task: task, gradient: nil)
+                    let out = block.forward(try cache.load(students[task], task: task, batch: number), context: architecture.context(for: batch)).output
+                    total += batchLoss(out, target: try cache.load(targets[task], task: task, batch: number), batch: batch, task: task, gradient: nil)
                 }
             }
             return total
@@ -226,9 +174,9 @@ public final class ProDistill {
             for (task, number) in Self.batchOrder(pairs, seed: seed, layer: layer, epoch: epoch) {
                 let batch = batches[task][number]
                 let context = architecture.context(for: batch)
-                let tape = block.forward(try load(students[task], number, batch), context: context)
+                let tape = block.forward(try cache.load(students[task], task: task, batch: number), context: context)
                 let dout = Tensor(shape: [batch.rows, hidden])
-                epochLoss += batchLoss(tape.output, target: try load(targets[task], number, batch), batch: batch, task: task, gradient: dout)
+                epochLoss += batchLoss(tape.output, target: try cache.load(targets[task], task: task, batch: number), batch: batch, task: task, gradient: dout)
                 for tensor in gradients.tensors.values { tensor.zero() }
                 _ = block.backward(tape, dout: dout, gradients: gradients, context: context)
                 optimizer.step(weights: weights, gradients: gradients, tasks: tasks, threads: threads)
@@ -239,40 +187,22 @@ public final class ProDistill {
         // The student as it will be written; the final loss is measured on exactly those weights.
         let merged = roundedToOutput(weights)
         let lossAfter = try fullLoss()
-        cacheSeconds += (students + targets).reduce(0) { $0 + $1.codecSeconds }
+        figures.seconds += (students + targets).reduce(0) { $0 + $1.codecSeconds }
         return (merged, DistillLayerStatistics(loss_before: lossBefore, loss_after: lossAfter, epochs: settings.epochs, steps: steps),
                 DistillLayerTiming(layer: LayerKey.block(layer).description, seconds: Date().timeIntervalSince(started),
-                                   cache_seconds: cacheSeconds, cache_raw_bytes: rawBytes, cache_stored_bytes: storedBytes))
+                                   cache_seconds: figures.seconds, cache_raw_bytes: figures.raw, cache_stored_bytes: figures.stored))
     }
 
-    /// Block l+1's z¹: the merged block (as written) applied to block l's z¹. Returns codec seconds
-    /// and (raw, stored) bytes.
-    public func advance(_ layer: Int, merged: LayerWeights) throws -> (seconds: Double, raw: Int, stored: Int) {
+    /// Block l+1's z¹: the merged block (as written) applied to block l's z¹.
+    public func advance(_ layer: Int, merged: LayerWeights) throws -> CacheFigures {
         let block = try architecture.block(merged)
-        var seconds = 0.0, raw = 0, stored = 0
-        for task in 0..<taskCount {
-            let input = try ActivationCacheReader(path: cachePath(layer: layer, task: task, merged: true))
-            let output = try writer(layer: layer + 1, task: task, merged: true)
-            for (number, batch) in batches[task].enumerated() {
-                let z = Tensor(shape: [batch.rows, hidden])
-                try input.read(chunk: number, into: z.data)
-                let y = block.forward(z, context: architecture.context(for: batch)).output
-                try output.append(y.data, count: y.count)
-            }
-            try output.finish()
-            seconds += input.codecSeconds + output.codecSeconds
-            raw += output.rawBytes
-            stored += output.storedBytes
-        }
-        return (seconds, raw, stored)
+        var figures = CacheFigures()
+        for task in 0..<taskCount { figures += try cache.propagate(block, layer: layer, task: task, .merged) }
+        return figures
     }
 
     /// Removes block `layer`'s inputs once block l+1's are safely in place.
-    public func removeInputs(ofBlock layer: Int) {
-        for task in 0..<taskCount {
-            for merged in [true, false] { try? FileManager.default.removeItem(atPath: cachePath(layer: layer, task: task, merged: merged)) }
-        }
-    }
+    public func removeInputs(ofBlock layer: Int) { cache.remove(layer: layer, tasks: taskCount, ActivationPath.allCases) }
 }
 
 extension ProDistill {

@@ -12,63 +12,28 @@ import TensorKernels
 public final class RegMean: BlockMerger {
     let alpha: Double
     let architecture: Architecture
-    let base: LayerReader
     let fineTunes: [LayerReader]
-    let batches: [[TokenBatch]]
-    let scratch: String
-    let activationDType: ActivationDType
-    let threads: Int
+    let cache: CalibrationCache
 
-    public init(settings: DistillSettings, architecture: Architecture, base: LayerReader, fineTunes: [LayerReader],
-                calibration: [[TokenizedExample]], calibrationPaths: [String], scratch: String, threads: Int) throws {
+    public init(settings: DistillSettings, architecture: Architecture, fineTunes: [LayerReader],
+                calibration: [[TokenizedExample]], calibrationPaths: [String], scratch: String) throws {
         alpha = settings.alpha
         self.architecture = architecture
-        self.base = base
         self.fineTunes = fineTunes
-        self.scratch = scratch
-        activationDType = settings.activationDType
-        self.threads = threads
-        let pad = Int32(architecture.config.padTokenID)
-        batches = calibration.map { examples in
-            stride(from: 0, to: examples.count, by: settings.batchSize).map {
-                TokenBatch(Array(examples[$0..<min(examples.count, $0 + settings.batchSize)]), padID: pad, maxLength: settings.maxLength)
-            }
-        }
-        for (batchList, path) in zip(batches, calibrationPaths) {
-            for batch in batchList { try architecture.validate(batch, origin: path) }
-        }
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        cache = try CalibrationCache(settings: settings, architecture: architecture, calibration: calibration,
+                                     calibrationPaths: calibrationPaths, scratch: scratch)
     }
 
-    var hidden: Int { architecture.config.hidden }
-
-    func cachePath(layer: Int, task: Int) -> String { scratch + "/L\(layer)-t\(task)-teacher.smac" }
-
-    public func hasInputs(forBlock layer: Int) -> Bool {
-        fineTunes.indices.allSatisfy { FileManager.default.fileExists(atPath: cachePath(layer: layer, task: $0)) }
-    }
-
-    func writer(layer: Int, task: Int) throws -> ActivationCacheWriter {
-        try ActivationCacheWriter(path: cachePath(layer: layer, task: task), dtype: activationDType,
-                                  exampleCount: batches[task].reduce(0) { $0 + $1.B }, rowShape: [hidden])
-    }
+    public func hasInputs(forBlock layer: Int) -> Bool { cache.exists(layer: layer, tasks: fineTunes.count, [.teacher]) }
 
     public func prepareEmbeddings() throws {
-        for task in fineTunes.indices {
-            let own = fineTunes[task].read(.embeddings)
-            let output = try writer(layer: 0, task: task)
-            for batch in batches[task] {
-                let z = try architecture.embed(batch, weights: own)
-                try output.append(z.data, count: z.count)
-            }
-            try output.finish()
-        }
+        for task in fineTunes.indices { try cache.writeEmbeddings(task: task, weights: fineTunes[task].read(.embeddings), .teacher) }
     }
 
     public func mergeBlock(_ layer: Int, progress: DistillProgress?) throws
         -> (weights: LayerWeights, statistics: DistillLayerStatistics?, timing: DistillLayerTiming) {
         let started = Date()
-        var codecSeconds = 0.0, raw = 0, stored = 0
+        var figures = CacheFigures()
         // Σᵢ G̃ᵢ per distinct linear input and Σᵢ Wᵢ·G̃ᵢ per weight ([out, in], row-major), in double.
         var gramSums: [String: UnsafeMutablePointer<Double>] = [:], products: [String: UnsafeMutablePointer<Double>] = [:]
         var shapes: [String: (out: Int, in: Int)] = [:]
@@ -79,16 +44,10 @@ public final class RegMean: BlockMerger {
         for task in fineTunes.indices {
             let weights = fineTunes[task].read(.block(layer))
             let block = try architecture.block(weights)
-            let input = try ActivationCacheReader(path: cachePath(layer: layer, task: task))
-            let output = try writer(layer: layer + 1, task: task)
             var grams: [String: UnsafeMutablePointer<Double>] = [:]
             var tokens = 0
             defer { grams.values.forEach { $0.deallocate() } }
-            for (number, batch) in batches[task].enumerated() {
-                let z = Tensor(shape: [batch.rows, hidden])
-                try input.read(chunk: number, into: z.data)
-                let tape = block.forward(z, context: architecture.context(for: batch))
-                try output.append(tape.output.data, count: tape.output.count)
+            figures += try cache.propagate(block, layer: layer, task: task, .teacher) { tape, batch in
                 let real = (0..<batch.rows).filter { batch.attentionMask[$0] == 1 }
                 tokens += real.count
                 for (names, x) in block.linearInputs(tape) {
@@ -109,10 +68,6 @@ public final class RegMean: BlockMerger {
                     dgemm(gram, rows, rows, M: width, N: width, K: real.count, transposeA: true, beta: 1)
                 }
             }
-            try output.finish()
-            codecSeconds += input.codecSeconds + output.codecSeconds
-            raw += output.rawBytes
-            stored += output.storedBytes
 
             for (key, gram) in grams {
                 let width = weights.tensors[key]!.shape[1]
@@ -166,7 +121,7 @@ public final class RegMean: BlockMerger {
             let info = choleskySolve(a, n: width, b, rhs: out)
             guard info == 0 else {
                 throw ArchitectureError.badInput(
-                    path: scratch, detail: "block \(layer) \(name): the summed Gram matrix is not positive definite (LAPACK info \(info)); use more calibration examples or a smaller alpha")
+                    path: cache.scratch, detail: "block \(layer) \(name): the summed Gram matrix is not positive definite (LAPACK info \(info)); use more calibration examples or a smaller alpha")
             }
             let w = Tensor(shape: [out, width])
             for i in 0..<out * width { w.data[i] = Float(b[i]) }
@@ -174,12 +129,11 @@ public final class RegMean: BlockMerger {
         }
         return (LayerWeights(tensors: merged, origin: "regmean block \(layer)"), nil,
                 DistillLayerTiming(layer: LayerKey.block(layer).description, seconds: Date().timeIntervalSince(started),
-                                   cache_seconds: codecSeconds, cache_raw_bytes: raw, cache_stored_bytes: stored))
+                                   cache_seconds: figures.seconds, cache_raw_bytes: figures.raw, cache_stored_bytes: figures.stored))
     }
 
-    public func advance(_ layer: Int, merged: LayerWeights) throws -> (seconds: Double, raw: Int, stored: Int) { (0, 0, 0) }
+    /// The teachers' outputs for block l+1 are written while merging block l; nothing depends on the merge.
+    public func advance(_ layer: Int, merged: LayerWeights) throws -> CacheFigures { CacheFigures() }
 
-    public func removeInputs(ofBlock layer: Int) {
-        for task in fineTunes.indices { try? FileManager.default.removeItem(atPath: cachePath(layer: layer, task: task)) }
-    }
+    public func removeInputs(ofBlock layer: Int) { cache.remove(layer: layer, tasks: fineTunes.count, [.teacher]) }
 }

@@ -25,8 +25,8 @@ final class DistillRunner {
         let fineTunes = plan.models.map { LayerReader(source: $0) }
         let examples = try calibration.map { try TokenizedExample.readJSONL($0) }
         if plan.config.methodName == "regmean" {
-            distill = try RegMean(settings: settings, architecture: architecture, base: baseReader, fineTunes: fineTunes,
-                                  calibration: examples, calibrationPaths: calibration, scratch: scratch, threads: threads)
+            distill = try RegMean(settings: settings, architecture: architecture, fineTunes: fineTunes,
+                                  calibration: examples, calibrationPaths: calibration, scratch: scratch)
         } else {
             distill = try ProDistill(
                 settings: settings, architecture: architecture, base: baseReader, fineTunes: fineTunes,
