@@ -28,16 +28,23 @@ final class CalibrationCache {
         self.architecture = architecture
         self.scratch = scratch
         dtype = settings.activationDType
+        batches = try Self.batches(calibration, settings: settings, architecture: architecture, paths: calibrationPaths)
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+    }
+
+    /// Each task's examples in consecutive batches of `batch_size`, each padded to its longest (at
+    /// most `max_length` tokens), checked against the model; a task without examples is an error.
+    static func batches(_ calibration: [[TokenizedExample]], settings: DistillSettings, architecture: Architecture,
+                        paths: [String]) throws -> [[TokenBatch]] {
         let pad = Int32(architecture.config.padTokenID)
-        batches = calibration.map { examples in
-            stride(from: 0, to: examples.count, by: settings.batchSize).map {
-                TokenBatch(Array(examples[$0..<min(examples.count, $0 + settings.batchSize)]), padID: pad, maxLength: settings.maxLength)
+        return try zip(calibration, paths).map { examples, path in
+            guard !examples.isEmpty else { throw ArchitectureError.badInput(path: path, detail: "no calibration examples") }
+            return try stride(from: 0, to: examples.count, by: settings.batchSize).map {
+                let batch = TokenBatch(Array(examples[$0..<min(examples.count, $0 + settings.batchSize)]), padID: pad, maxLength: settings.maxLength)
+                try architecture.validate(batch, origin: path)
+                return batch
             }
         }
-        for (batchList, path) in zip(batches, calibrationPaths) {
-            for batch in batchList { try architecture.validate(batch, origin: path) }
-        }
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
     }
 
     var hidden: Int { architecture.config.hidden }

@@ -73,20 +73,11 @@ public final class TensorwiseAdam: CoefficientOptimizer {
     public func step(weights: LayerWeights, gradients: LayerWeights, tasks: TaskVectors, threads: Int) {
         steps += 1
         let T = tasks.taskCount
-        // Pass 1: per-chunk partial dot products, keyed by (tensor, chunk start).
-        let lock = NSLock()
-        var partials: [String: [Int: [Double]]] = [:]
-        tasks.forEachChunk(threads: threads) { name, elements, _, taus in
-            let g = gradients[name]!.data + elements.lowerBound
-            let sums = taus.map { tau in (0..<elements.count).reduce(0.0) { $0 + Double(g[$1]) * Double(tau[$1]) } }
-            lock.withLock { partials[name, default: [:]][elements.lowerBound] = sums }
-        }
+        let dots = tasks.dotProducts(gradients, threads: threads)
         var deltas: [String: [Float]] = [:]
         let c = constants
         let bias1 = 1 - pow(Double(c.beta1), Double(steps)), bias2 = 1 - pow(Double(c.beta2), Double(steps))
-        for (name, chunks) in partials {
-            var gradient = [Double](repeating: 0, count: T)
-            for start in chunks.keys.sorted() { for i in 0..<T { gradient[i] += chunks[start]![i] } }
+        for (name, gradient) in dots {
             deltas[name] = (0..<T).map { i in
                 first[name]![i] = Double(c.beta1) * first[name]![i] + (1 - Double(c.beta1)) * gradient[i]
                 second[name]![i] = Double(c.beta2) * second[name]![i] + (1 - Double(c.beta2)) * gradient[i] * gradient[i]

@@ -1,6 +1,7 @@
 // DistillSettings: the `distill:` block of a data-driven merge config, with its defaults.
+import ModelArchitectures
 
-/// How ProDistill (and later the end-to-end methods) train merging coefficients.
+/// How the data-driven methods train merging coefficients (ProDistill, SAMerging, AdaMerging) or solve them (RegMean).
 public struct DistillSettings: Sendable, Equatable {
     /// One coefficient per weight element (the paper's) or per tensor.
     public enum Granularity: String, Sendable { case element, tensor }
@@ -20,6 +21,15 @@ public struct DistillSettings: Sendable, Equatable {
     public var loss = LossReduction.sum
     /// RegMean: the factor on the Gram matrices' off-diagonal entries.
     public var alpha = 0.9
+    /// SAMerging and AdaMerging: Adam steps, each on one batch of every task.
+    public var steps = 100
+    /// SAMerging: the adaptive SAM radius and the distillation temperature.
+    public var rho = 0.07
+    public var temperature = 2.0
+    /// AdaMerging: keep every coefficient in [0, 1] after each step.
+    public var clamp = false
+    /// Encoders: what the task heads read; nil means the pooler when the model has one, else `cls`.
+    public var headPooling: HeadPooling? = nil
 
     public init() {}
 

@@ -22,10 +22,15 @@ public struct DistillLayerTiming: Codable, Sendable, Equatable {
     public var cache_seconds: Double
     public var cache_raw_bytes: Int
     public var cache_stored_bytes: Int
+
+    public init(layer: String, seconds: Double, cache_seconds: Double, cache_raw_bytes: Int, cache_stored_bytes: Int) {
+        self.layer = layer; self.seconds = seconds; self.cache_seconds = cache_seconds
+        self.cache_raw_bytes = cache_raw_bytes; self.cache_stored_bytes = cache_stored_bytes
+    }
 }
 
 /// Progress inside a block: (block, epoch, epochs, mean batch loss of the epoch).
-public typealias DistillProgress = (Int, Int, Int, Double) -> Void
+public typealias DistillProgress = @Sendable (Int, Int, Int, Double) -> Void
 
 /// Runs ProDistill (the paper's Algorithm 1; DESIGN.md §7) one block at a time.
 ///

@@ -1,5 +1,6 @@
 // TaskVectors: one block's base and fine-tuned tensors, read from the mapped inputs in chunks as f32 task vectors.
 import Dispatch
+import Foundation
 import ModelArchitectures
 import SafetensorsFormat
 import TensorKernels
@@ -38,14 +39,18 @@ public final class TaskVectors: @unchecked Sendable {
     /// Calls `body(name, elements, base, τ)` for every chunk of every tensor, spread over `threads`;
     /// `base` and each τᵢ hold the chunk's elements as f32. Chunks are fixed (not per thread), so
     /// any per-chunk reduction combined in chunk order is independent of the thread count.
+    /// `skip(name, elements)` true leaves a chunk out without reading it.
     public func forEachChunk(
-        threads: Int,
+        threads: Int, skip: ((_ name: String, _ elements: Range<Int>) -> Bool)? = nil,
         _ body: (_ name: String, _ elements: Range<Int>, _ base: UnsafePointer<Float>, _ tasks: [UnsafePointer<Float>]) -> Void
     ) {
         var work: [(name: String, elements: Range<Int>)] = []
         for name in names {
             let count = base[name]!.1.elementCount
-            for start in stride(from: 0, to: count, by: Self.chunkSize) { work.append((name, start..<min(count, start + Self.chunkSize))) }
+            for start in stride(from: 0, to: count, by: Self.chunkSize) {
+                let elements = start..<min(count, start + Self.chunkSize)
+                if skip?(name, elements) != true { work.append((name, elements)) }
+            }
         }
         let T = tasks.count
         let workers = max(1, min(threads, work.count))
@@ -74,6 +79,42 @@ public final class TaskVectors: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// ⟨G, τᵢ⟩ for every tensor and task: summed in double per fixed chunk, then in chunk order, so
+    /// the thread count does not change the result. Chunks where G is zero are not read (an
+    /// embedding table's gradient touches only the rows of the tokens seen).
+    public func dotProducts(_ gradients: LayerWeights, threads: Int) -> [String: [Double]] {
+        let lock = NSLock()
+        var partials: [String: [Int: [Double]]] = [:]
+        let isZero: (String, Range<Int>) -> Bool = { name, elements in
+            let g = gradients[name]!.data
+            return !elements.contains { g[$0] != 0 }
+        }
+        forEachChunk(threads: threads, skip: isZero) { name, elements, _, taus in
+            let g = gradients[name]!.data + elements.lowerBound
+            let sums = taus.map { tau in (0..<elements.count).reduce(0.0) { $0 + Double(g[$1]) * Double(tau[$1]) } }
+            lock.withLock { partials[name, default: [:]][elements.lowerBound] = sums }
+        }
+        return Dictionary(uniqueKeysWithValues: names.map { name in
+            var total = [Double](repeating: 0, count: taskCount)
+            for (_, sums) in (partials[name] ?? [:]).sorted(by: { $0.key < $1.key }) { for i in 0..<taskCount { total[i] += sums[i] } }
+            return (name, total)
+        })
+    }
+
+    /// θ₀ + Σᵢ λᵢ·τᵢ with one coefficient per tensor and task (`lambdas[name][i]`), tasks added in order.
+    public func merged(lambdas: [String: [Float]], threads: Int) -> LayerWeights {
+        let tensors = Dictionary(uniqueKeysWithValues: names.map { ($0, Tensor(shape: shapes[$0]!)) })
+        forEachChunk(threads: threads) { name, elements, base, taus in
+            let out = tensors[name]!.data + elements.lowerBound, lambda = lambdas[name]!
+            for j in 0..<elements.count {
+                var w = base[j]
+                for (i, tau) in taus.enumerated() { w += lambda[i] * tau[j] }
+                out[j] = w
+            }
+        }
+        return LayerWeights(tensors: tensors, origin: "merged by coefficients")
     }
 
     /// θ₀ + λ·Στᵢ for every tensor, as the data-free task-arithmetic merge computes it (the same f32

@@ -46,6 +46,12 @@ extension StreamMerge {
                         let line = String(format: "\r  block %d/%d  epoch %d/%d  loss %.6g  ETA %.0f s   ", block + 1, blocks, epoch, epochs, loss, eta)
                         FileHandle.standardError.write(Data(line.utf8))
                     }
+                    options.trainingProgress = { step, steps, loss in
+                        let eta = Date().timeIntervalSince(trainingStarted) / Double(step) * Double(steps - step)
+                        let line = String(format: "\r  step %d/%d  loss %.6g  ETA %.0f s   ", step, steps, loss, eta)
+                        FileHandle.standardError.write(Data(line.utf8))
+                        if step == steps { FileHandle.standardError.write(Data("\n".utf8)) }
+                    }
                     let started = Date(), expected = plan.outputBytes
                     options.progress = { done, total, written in
                         let seconds = max(Date().timeIntervalSince(started), 1e-3)

@@ -47,6 +47,8 @@ public struct Manifest: Codable, Sendable {
     public var inputs: [FileRecord]
     public var outputs: [FileRecord]
     public var tensors: [TensorRecord]
+    /// End-to-end methods (SAMerging, AdaMerging): loss before and after training, steps, mean coefficients.
+    public var training: EndToEndStatistics?
     public var layers: [LayerRecord]
     public var run: RunFigures
 

@@ -2,6 +2,7 @@
 import Distillation
 import Foundation
 import MergeMethods
+import ModelArchitectures
 import SafetensorsFormat
 import Yams
 
@@ -85,7 +86,7 @@ public struct MergeConfig: Sendable {
             throw fail("unknown key '\(key)'")
         }
         guard let methodName = root["merge_method"] as? String else { throw fail("missing 'merge_method'") }
-        let known = (MergeMethod.allCases.map(\.rawValue) + ["prodistill", "regmean"]).joined(separator: ", ")
+        let known = (MergeMethod.allCases.map(\.rawValue) + ["prodistill", "samerging", "adamerging", "regmean"]).joined(separator: ", ")
         let method: MergeMethod
         var distill: DistillSettings? = nil
         if methodName == "prodistill" {
@@ -95,11 +96,16 @@ public struct MergeConfig: Sendable {
             // Tensors outside linear layers (embeddings, norms, biases, final layers): the mean.
             method = .linear
             distill = try parseDistill(root["distill"], allowed: regmeanKeys, fail: fail)
+        } else if methodName == "samerging" || methodName == "adamerging" {
+            // Every floating-point tensor is trained; task arithmetic at λ = init is only the starting point.
+            method = .taskArithmetic
+            var settings = try parseDistill(root["distill"], allowed: methodName == "samerging" ? samergingKeys : adamergingKeys, fail: fail)
+            if (root["distill"] as? [String: Any])?["lr"] == nil { settings.learningRate = 1e-3 }
+            settings.initialLambda = settings.initialLambda ?? 0.3
+            distill = settings
         } else if let dataFree = MergeMethod(rawValue: methodName) {
             method = dataFree
             if root["distill"] != nil { throw fail("'distill' applies only to data-driven methods, not '\(methodName)'") }
-        } else if ["samerging", "adamerging"].contains(methodName) {
-            throw fail("merge_method '\(methodName)' is not available in this version (supported: \(known))")
         } else {
             throw fail("unknown merge_method '\(methodName)' (supported: \(known))")
         }
@@ -198,6 +204,8 @@ public struct MergeConfig: Sendable {
         "epochs", "lr", "batch_size", "init", "granularity", "activation_dtype", "include_padding", "max_length", "loss",
     ]
     static let regmeanKeys: Set<String> = ["batch_size", "max_length", "alpha", "activation_dtype"]
+    static let adamergingKeys: Set<String> = ["steps", "lr", "batch_size", "init", "max_length", "head_pooling", "activation_dtype", "clamp"]
+    static let samergingKeys: Set<String> = ["steps", "lr", "batch_size", "init", "max_length", "head_pooling", "activation_dtype", "rho", "temperature"]
 
     /// The `distill:` block; every key checked against those the method uses, unknown ones named.
     private static func parseDistill(_ value: Any?, allowed: Set<String>, fail: (String) -> MergeError) throws -> DistillSettings {
@@ -224,6 +232,17 @@ public struct MergeConfig: Sendable {
             return text
         }
         settings.epochs = try positiveInt("epochs") ?? settings.epochs
+        settings.steps = try positiveInt("steps") ?? settings.steps
+        for (key, path) in [("rho", \DistillSettings.rho), ("temperature", \DistillSettings.temperature)] {
+            guard let raw = mapping[key] else { continue }
+            guard let number = numeric(raw), number > 0 else { throw fail("distill.\(key) must be a positive number") }
+            settings[keyPath: path] = number
+        }
+        if let raw = mapping["clamp"] {
+            guard let flag = raw as? Bool else { throw fail("distill.clamp must be true or false") }
+            settings.clamp = flag
+        }
+        if let text = try choice("head_pooling", HeadPooling.allCases.map(\.rawValue)) { settings.headPooling = HeadPooling(rawValue: text) }
         settings.batchSize = try positiveInt("batch_size") ?? settings.batchSize
         settings.maxLength = try positiveInt("max_length") ?? settings.maxLength
         if let raw = mapping["lr"] {

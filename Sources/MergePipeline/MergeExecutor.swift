@@ -18,6 +18,8 @@ public struct MergeOptions: Sendable {
     public var progress: (@Sendable (Int, Int, Int) -> Void)? = nil
     /// Data-driven methods: called after each epoch with (block, epoch, epochs, loss).
     public var distillProgress: DistillProgress? = nil
+    /// End-to-end methods: called after each step with (step, steps, loss).
+    public var trainingProgress: TrainingProgress? = nil
     /// Where data-driven methods keep their activation cache (default: inside the output's `.streammerge`).
     public var scratchDirectory: String? = nil
 
@@ -54,16 +56,17 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         journal = previous
     }
     try fileManager.createDirectory(atPath: out + "/.streammerge", withIntermediateDirectories: true)
+    // Journaled before any work, so a run killed while training (before its first layer) can resume.
+    if journalBefore == nil { try journal.save(in: out) }
     let scratch = options.scratchDirectory ?? out + "/.streammerge/scratch"
     let distiller = try plan.config.distill.map { settings in
-        try DistillRunner(plan: plan, settings: settings, scratch: scratch, threads: options.threads,
-                          previous: journal.layer_statistics ?? [:], previousTimings: journal.layer_timings ?? [],
-                          progress: options.distillProgress)
+        try makeDataDrivenRunner(plan: plan, settings: settings, scratch: scratch, threads: options.threads, journal: journal, options: options)
     }
 
     let workers = min(options.threads, 64)
     let writer = ShardStreamWriter(plan: plan, directory: out)
-    try writer.open(shard: journal.shard, resumingAt: journalBefore == nil ? nil : journal.shard_position,
+    // Position 0: nothing of the shard was written yet (killed before the first layer).
+    try writer.open(shard: journal.shard, resumingAt: journalBefore == nil || journal.shard_position == 0 ? nil : journal.shard_position,
                     expectedPrefixHash: journal.shard_prefix_xxh3_128)
     var tensorHashes = journal.tensor_hashes
     var finishedShards = journal.finished_shards
@@ -127,6 +130,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         tool: toolVersion, method: plan.config.methodName, seed: plan.config.seed,
         config_path: plan.config.path, config_xxh3_128: configHash, config: plan.config.canonicalText,
         inputs: try inputHashing.result(), outputs: outputs.sorted { $0.path < $1.path }, tensors: tensorHashes,
+        training: distiller?.training,
         layers: plan.layers.map {
             Manifest.LayerRecord(layer: $0.key.description, tensors: $0.tensors.count, distill: distiller?.statistics[$0.key.description])
         },

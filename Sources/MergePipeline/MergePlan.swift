@@ -202,18 +202,27 @@ public struct MergePlan: @unchecked Sendable {
         return Self.processBaseline + threads * (perWorker + mappedInFlight) + headerBytes + distillPeakBytes(threads: threads)
     }
 
-    /// ProDistill's working set (zero for data-free methods or a base without a runnable architecture):
+    /// A data-driven method's working set (zero for data-free methods or a base without a runnable architecture):
     /// the largest of `distillLayerBytes` over the layers.
     public func distillPeakBytes(threads: Int) -> Int {
         layers.compactMap { distillLayerBytes($0.key, threads: threads) }.max() ?? 0
     }
 
-    /// ProDistill's working set while it handles `layer`: training a block, or computing the first
-    /// block's inputs through the embeddings; nil for layers it does not touch or data-free methods.
+    /// A data-driven method's working set while it handles `layer`: ProDistill training a block or
+    /// computing the first block's inputs through the embeddings (nil for the final layers);
+    /// SAMerging/AdaMerging passing through the layer forward or backward; nil for data-free methods.
     public func distillLayerBytes(_ layer: LayerKey, threads: Int) -> Int? {
         guard let settings = config.distill, let base, let architecture = try? Architecture(source: base) else { return nil }
         func parameters(_ key: LayerKey) -> Int {
             layers.first { $0.key == key }.map { tensors[$0.tensors].reduce(0) { $0 + $1.elementCount } } ?? 0
+        }
+        if EndToEndMerge.Method(rawValue: config.methodName) != nil {
+            let calibrationExamples = config.models.map { entry in
+                (try? String(contentsOfFile: entry.calibration!, encoding: .utf8))?.split(separator: "\n").count ?? 0
+            }
+            return EndToEndMerge.estimatedPeakBytes(
+                layer: layer, config: architecture.config, layerParameters: parameters(layer), embeddingParameters: parameters(.embeddings),
+                calibrationExamples: calibrationExamples, settings: settings, threads: threads)
         }
         switch layer {
         case .final: return nil

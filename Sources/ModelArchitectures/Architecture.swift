@@ -79,21 +79,30 @@ public struct LinearHead: Sendable {
     /// Reads a head file: tensors `weight` [C, H] and optional `bias` [C], or a single `<name>.weight`
     /// of rank 2 with its `<name>.bias` (how a merge writes heads/<model>.safetensors).
     public init(file: SafetensorsFile, hidden: Int) throws(ArchitectureError) {
-        let matrices = file.tensors.filter { $0.shape.count == 2 && ($0.name == "weight" || $0.name.hasSuffix(".weight")) }
-        let chosen = matrices.first(where: { $0.name == "weight" }) ?? (matrices.count == 1 ? matrices[0] : nil)
-        guard let w = chosen else {
-            throw .badInput(path: file.path, detail: "a head needs a 'weight' [classes, hidden] tensor (found \(file.tensors.map(\.name)))")
+        try self.init(entries: file.tensors.map { (file, $0) }, origin: file.path, hidden: hidden)
+    }
+
+    /// A fine-tune's own task-specific tensors `names` (e.g. `classifier.weight`, `classifier.bias`).
+    public init(source: ModelSource, names: [String], hidden: Int) throws(ArchitectureError) {
+        try self.init(entries: names.compactMap { source.tensor($0) }, origin: source.path, hidden: hidden)
+    }
+
+    private init(entries: [(SafetensorsFile, TensorInfo)], origin: String, hidden: Int) throws(ArchitectureError) {
+        let matrices = entries.filter { $0.1.shape.count == 2 && ($0.1.name == "weight" || $0.1.name.hasSuffix(".weight")) }
+        let chosen = matrices.first(where: { $0.1.name == "weight" }) ?? (matrices.count == 1 ? matrices[0] : nil)
+        guard let (file, w) = chosen else {
+            throw .badInput(path: origin, detail: "a head needs a 'weight' [classes, hidden] tensor (found \(entries.map(\.1.name)))")
         }
         guard w.shape[1] == hidden else {
-            throw .badShape(path: file.path, tensor: w.name, expected: [w.shape[0], hidden], actual: w.shape)
+            throw .badShape(path: origin, tensor: w.name, expected: [w.shape[0], hidden], actual: w.shape)
         }
         let biasName = w.name == "weight" ? "bias" : String(w.name.dropLast("weight".count)) + "bias"
         weight = Tensor(shape: w.shape)
         file.readFloats(w, elements: 0..<w.elementCount, into: weight.data)
-        if let b = file.info(biasName) {
-            guard b.shape == [w.shape[0]] else { throw .badShape(path: file.path, tensor: biasName, expected: [w.shape[0]], actual: b.shape) }
+        if let (biasFile, b) = entries.first(where: { $0.1.name == biasName }) {
+            guard b.shape == [w.shape[0]] else { throw .badShape(path: origin, tensor: biasName, expected: [w.shape[0]], actual: b.shape) }
             let t = Tensor(shape: b.shape)
-            file.readFloats(b, elements: 0..<b.elementCount, into: t.data)
+            biasFile.readFloats(b, elements: 0..<b.elementCount, into: t.data)
             bias = t
         } else {
             bias = nil

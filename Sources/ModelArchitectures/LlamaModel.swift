@@ -11,9 +11,14 @@ func llamaEmbed(_ batch: TokenBatch, weights: LayerWeights, config: Architecture
 
 /// `norm`: the final RMSNorm over every position.
 func llamaFinalNorm(_ hidden: Tensor, weights: LayerWeights, config: ArchitectureConfig) throws(ArchitectureError) -> Tensor {
+    try llamaFinalNormWithRstd(hidden, weights: weights, config: config).output
+}
+
+/// The final RMSNorm's output and its per-row 1/rms, which the backward pass needs.
+func llamaFinalNormWithRstd(_ hidden: Tensor, weights: LayerWeights, config: ArchitectureConfig) throws(ArchitectureError) -> (output: Tensor, rstd: Tensor) {
     let H = config.hidden, N = hidden.count / H
     let w = try weights.require("norm.weight", [H])
     let out = Tensor(shape: [N, H]), rstd = Tensor(shape: [N])
     rmsNormForward(out.data, rstd: rstd.data, hidden.data, w.data, B: N, C: H, eps: config.normEps)
-    return out
+    return (out, rstd)
 }

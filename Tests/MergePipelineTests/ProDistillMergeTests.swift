@@ -72,35 +72,7 @@ struct ProDistillMergeTests {
         let scratch = makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let config = try distillConfig("bert", in: scratch, epochs: 120)
-        let started = Date()
-        #expect(try runStreammerge(["merge", config, "--out", scratch + "/reference"]).status == 0)
-        let duration = Date().timeIntervalSince(started)
-        let expected = try outputFiles(scratch + "/reference")
-        var generator = SystemRandomNumberGenerator()
-        let out = scratch + "/out"
-        var kills = 0, resumedAfterKill = 0, resume = false
-        for _ in 0..<20 where kills < 3 {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: streammergeExecutable)
-            process.arguments = ["merge", config, "--out", out, "--quiet"] + (resume ? ["--resume"] : [])
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            usleep(UInt32(Double.random(in: 0.1...0.8, using: &generator) * duration * 1e6))
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            if process.terminationReason == .uncaughtSignal {
-                kills += 1
-                resume = FileManager.default.fileExists(atPath: out + "/.streammerge/journal.json")
-                if resume { resumedAfterKill += 1 } else { try? FileManager.default.removeItem(atPath: out) }
-            } else {
-                try? FileManager.default.removeItem(atPath: out)
-                resume = false
-            }
-        }
-        let finish = try runStreammerge(["merge", config, "--out", out] + (resume ? ["--resume"] : []))
-        #expect(finish.status == 0, "\(finish.stderr)")
-        #expect(kills > 0 && resumedAfterKill > 0, "kills \(kills), resumed \(resumedAfterKill)")
-        #expect(try outputFiles(out) == expected)
+        try expectKilledAndResumedMergeMatches(config: config, scratch: scratch)
     }
 
     @Test("a corrupted activation-cache chunk stops the resume with the file and chunk named (exit 1)")

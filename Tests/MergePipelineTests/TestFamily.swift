@@ -1,6 +1,7 @@
 // TestFamily: a small Llama-named base with fine-tunes, written to a temporary directory for CLI tests.
 import Foundation
 import SafetensorsFormat
+import Testing
 import TestSupport
 
 /// A base model and `fineTunes` fine-tunes with `blocks` blocks of width `width`, plus a config per method.
@@ -70,4 +71,38 @@ func outputFiles(_ directory: String) throws -> [String: Data] {
         files[relative] = data
     }
     return files
+}
+
+/// Merges `config` once uninterrupted, then again while killing it with SIGKILL at random points
+/// (a fraction `window` of the first run's duration) and resuming, three kills in all; the resumed
+/// output must equal the uninterrupted one byte for byte.
+func expectKilledAndResumedMergeMatches(config: String, scratch: String, window: ClosedRange<Double> = 0.1...0.8) throws {
+    let started = Date()
+    #expect(try runStreammerge(["merge", config, "--out", scratch + "/reference"]).status == 0)
+    let duration = Date().timeIntervalSince(started)
+    let out = scratch + "/out"
+    var generator = SystemRandomNumberGenerator()
+    var kills = 0, resumedAfterKill = 0, resume = false
+    for _ in 0..<20 where kills < 3 {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: streammergeExecutable)
+        process.arguments = ["merge", config, "--out", out, "--quiet"] + (resume ? ["--resume"] : [])
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        usleep(UInt32(Double.random(in: window, using: &generator) * duration * 1e6))
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        if process.terminationReason == .uncaughtSignal {
+            kills += 1
+            resume = FileManager.default.fileExists(atPath: out + "/.streammerge/journal.json")
+            if resume { resumedAfterKill += 1 } else { try? FileManager.default.removeItem(atPath: out) }
+        } else {
+            try? FileManager.default.removeItem(atPath: out)
+            resume = false
+        }
+    }
+    let finish = try runStreammerge(["merge", config, "--out", out] + (resume ? ["--resume"] : []))
+    #expect(finish.status == 0, "\(finish.stderr)")
+    #expect(kills > 0 && resumedAfterKill > 0, "kills \(kills), resumed \(resumedAfterKill)")
+    #expect(try outputFiles(out) == outputFiles(scratch + "/reference"))
 }
