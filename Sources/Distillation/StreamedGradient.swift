@@ -78,6 +78,7 @@ public final class StreamedGradient {
             }
             try saved?.finish()
             codecSeconds += saved?.codecSeconds ?? 0
+            releaseFreedTensorMemory()
         }
 
         // Final layers, heads and the loss; ∂L/∂(last block output) per item.
@@ -117,6 +118,7 @@ public final class StreamedGradient {
             addInPlace(untied.data, headGradient.data, N: headGradient.count)
         }
         try coefficients.accumulate(.final, weightGradients: finalGradients, into: &gradient, threads: threads)
+        releaseFreedTensorMemory()
 
         // Backward through the blocks, last first.
         for l in blocks.reversed() {
@@ -133,6 +135,7 @@ public final class StreamedGradient {
             codecSeconds += saved.codecSeconds
             try? FileManager.default.removeItem(atPath: inputPath(l))
             try coefficients.accumulate(.block(l), weightGradients: weightGradients, into: &gradient, threads: threads)
+            releaseFreedTensorMemory()
         }
 
         // Embeddings (re-merged unless kept for a tied LM head), with a tied head's gradient added.

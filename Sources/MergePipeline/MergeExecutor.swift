@@ -117,6 +117,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
             finished_shards: finishedShards, tensor_hashes: tensorHashes, layer_statistics: distiller?.statistics, layer_timings: distiller?.timings)
         try journal.save(in: out)
         distiller?.layerCommitted(layer.key)
+        releaseFreedTensorMemory()
         options.progress?(layerNumber + 1, plan.layers.count, writer.totalWritten)
     }
     finishedShards.append(try writer.commit())

@@ -45,6 +45,17 @@ public func keepFreedTensorMemoryForReuse() {
     _ = glibcMallopt(-3, 32 << 20)
 }
 
+/// Returns the free pages inside the heap to the system (glibc's `malloc_trim(0)`). Kept memory is
+/// reused within a layer's steps, but from layer to layer weight-sized blocks land at different
+/// places in the heap, and the holes they leave would otherwise keep the peak growing with depth.
+/// Called once per layer, it costs a few page faults per layer, not per step.
+public func releaseFreedTensorMemory() {
+    _ = glibcMallocTrim(0)
+}
+
+@_silgen_name("malloc_trim")
+private func glibcMallocTrim(_ pad: Int) -> Int32
+
 /// glibc's `mallopt`, which the Glibc module does not import (it lives in <malloc.h>).
 @_silgen_name("mallopt")
 private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
