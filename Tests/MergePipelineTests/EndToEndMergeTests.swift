@@ -1,5 +1,5 @@
 // EndToEndMergeTests: `merge_method: samerging | adamerging` through the CLI — training lowers the loss, outputs verify,
-// determinism across runs and threads, kill -9 and resume, and config errors.
+// determinism across runs and threads (RegMean's too), kill -9 and resume, and config errors.
 import Foundation
 import Testing
 import TestSupport
@@ -41,11 +41,13 @@ struct EndToEndMergeTests {
         #expect(!FileManager.default.fileExists(atPath: out + "/.streammerge"))
     }
 
-    @Test("two runs, and --threads 1 vs 2, give byte-identical outputs (bf16)")
-    func reproducible() throws {
+    @Test("two runs, and --threads 1 vs 2, give byte-identical outputs (bf16)",
+          arguments: [("bert", "samerging"), ("llama", "adamerging"), ("bert", "regmean")])
+    func reproducible(family: String, method: String) throws {
         let scratch = makeTemporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let config = try endToEndConfig("bert", method: "samerging", in: scratch, dtype: "bfloat16")
+        let distill = method == "regmean" ? "{batch_size: 4, max_length: 8}" : "{steps: 6, batch_size: 4, max_length: 8}"
+        let config = try endToEndConfig(family, method: method, in: scratch, distill: distill, dtype: "bfloat16")
         var outputs: [[String: Data]] = []
         for (run, threads) in [(0, "2"), (1, "2"), (2, "1")] {
             let result = try runStreammerge(["merge", config, "--out", scratch + "/out-\(run)", "--threads", threads])
