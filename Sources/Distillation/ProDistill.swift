@@ -18,13 +18,18 @@ public struct DistillLayerStatistics: Codable, Sendable, Equatable {
 public struct DistillLayerTiming: Codable, Sendable, Equatable {
     public var layer: String
     public var seconds: Double
+    /// ProDistill: seconds of the training loop alone (forward, backward and Adam step per batch);
+    /// `seconds` also counts the teachers' outputs, the losses before and after and the next layer's
+    /// inputs. Absent for methods without a per-layer training loop.
+    public var training_seconds: Double?
     /// Seconds spent compressing and decompressing the activation cache.
     public var cache_seconds: Double
     public var cache_raw_bytes: Int
     public var cache_stored_bytes: Int
 
-    public init(layer: String, seconds: Double, cache_seconds: Double, cache_raw_bytes: Int, cache_stored_bytes: Int) {
-        self.layer = layer; self.seconds = seconds; self.cache_seconds = cache_seconds
+    public init(layer: String, seconds: Double, training_seconds: Double? = nil, cache_seconds: Double, cache_raw_bytes: Int,
+                cache_stored_bytes: Int) {
+        self.layer = layer; self.seconds = seconds; self.training_seconds = training_seconds; self.cache_seconds = cache_seconds
         self.cache_raw_bytes = cache_raw_bytes; self.cache_stored_bytes = cache_stored_bytes
     }
 }
@@ -152,6 +157,7 @@ public final class ProDistill {
 
         // 2. Fresh coefficients at λ₀ and fresh Adam.
         let tasks = try TaskVectors(layer: .block(layer), base: base, fineTunes: fineTunes)
+        if tasks.residentBytes <= TaskVectors.residentBudget { tasks.keepInMemory(threads: threads) }
         let weights = tasks.taskArithmetic(lambda: lambda, threads: threads)
         let block = try architecture.block(weights)
         let gradients = weights.zerosLike()
@@ -174,6 +180,7 @@ public final class ProDistill {
         let lossBefore = try fullLoss()
         let pairs = (0..<taskCount).flatMap { task in batches[task].indices.map { (task: task, batch: $0) } }
         var steps = 0
+        let trainingStarted = Date()
         for epoch in 0..<settings.epochs {
             var epochLoss = 0.0
             for (task, number) in Self.batchOrder(pairs, seed: seed, layer: layer, epoch: epoch) {
@@ -183,19 +190,20 @@ public final class ProDistill {
                 let dout = Tensor(shape: [batch.rows, hidden])
                 epochLoss += batchLoss(tape.output, target: try cache.load(targets[task], task: task, batch: number), batch: batch, task: task, gradient: dout)
                 for tensor in gradients.tensors.values { tensor.zero() }
-                _ = block.backward(tape, dout: dout, gradients: gradients, context: context)
+                _ = block.backward(tape, dout: dout, gradients: gradients, context: context, inputGradient: false)
                 optimizer.step(weights: weights, gradients: gradients, tasks: tasks, threads: threads)
                 steps += 1
             }
             progress?(layer, epoch + 1, settings.epochs, epochLoss)
         }
+        let trainingSeconds = Date().timeIntervalSince(trainingStarted)
         // The student as it will be written; the final loss is measured on exactly those weights.
         let merged = roundedToOutput(weights)
         let lossAfter = try fullLoss()
         figures.seconds += (students + targets).reduce(0) { $0 + $1.codecSeconds }
         return (merged, DistillLayerStatistics(loss_before: lossBefore, loss_after: lossAfter, epochs: settings.epochs, steps: steps),
                 DistillLayerTiming(layer: LayerKey.block(layer).description, seconds: Date().timeIntervalSince(started),
-                                   cache_seconds: figures.seconds, cache_raw_bytes: figures.raw, cache_stored_bytes: figures.stored))
+                                   training_seconds: trainingSeconds, cache_seconds: figures.seconds, cache_raw_bytes: figures.raw, cache_stored_bytes: figures.stored))
     }
 
     /// Block l+1's z¹: the merged block (as written) applied to block l's z¹.
@@ -217,7 +225,8 @@ extension ProDistill {
     /// - a block: W, G and (element-wise) Adam's M and V, 4 bytes each per parameter — or a teacher's
     ///   f32 block before training — plus one batch's forward tape and backward temporaries
     ///   (≈ rows·(16·H + 4·I) floats and 2·heads·B·S² for the attention probabilities and their
-    ///   gradient), plus per-thread task-vector chunks.
+    ///   gradient), plus per-thread task-vector chunks — or, for a block small enough, θ₀ and every τᵢ
+    ///   kept in memory (TaskVectors.residentBudget).
     public static func estimatedPeakBytes(
         config: ArchitectureConfig, largestBlockParameters: Int, embeddingParameters: Int, tasks: Int,
         settings: DistillSettings, threads: Int
@@ -228,7 +237,9 @@ extension ProDistill {
         let activations = 4 * rows * H * 4
         let chunks = threads * (tasks + 1) * TaskVectors.chunkSize * 4
         let perParameter = settings.granularity == .element ? 16 : 8
-        let block = perParameter * largestBlockParameters + tape + activations + chunks
+        let resident = (tasks + 1) * largestBlockParameters * 4
+        let taskVectors = resident <= TaskVectors.residentBudget ? resident : chunks
+        let block = perParameter * largestBlockParameters + tape + activations + taskVectors
         let embeddings = 2 * 4 * embeddingParameters + activations + chunks
         return max(block, embeddings)
     }

@@ -5,15 +5,22 @@ import ModelArchitectures
 import SafetensorsFormat
 import TensorKernels
 
-/// Where each tensor of one layer lives in the base and in every fine-tune. Task vectors τᵢ = θᵢ − θ₀
-/// are never stored: each optimizer step recomputes the chunk it needs from the mapped files
-/// (bf16 or f32), so memory holds one chunk per thread instead of T copies of the layer.
+/// Where each tensor of one layer lives in the base and in every fine-tune. By default task vectors
+/// τᵢ = θᵢ − θ₀ are not stored: each pass recomputes the chunk it needs from the mapped files (bf16
+/// or f32), so memory holds one chunk per thread instead of T copies of the layer. A layer small
+/// enough (`residentBudget`) can be kept in memory instead (`keepInMemory`): then the many passes of
+/// a block's training read f32 copies instead of converting and page-faulting the mapping each step.
 public final class TaskVectors: @unchecked Sendable {
     public let names: [String]
     public let shapes: [String: [Int]]
     let base: [String: (SafetensorsFile, TensorInfo)]
     let tasks: [[String: (SafetensorsFile, TensorInfo)]]
+    /// Per tensor, θ₀ then τ₁ … τ_T as f32, each `count` long, once `keepInMemory` ran.
+    private var resident: [String: UnsafeMutablePointer<Float>] = [:]
     public static let chunkSize = 1 << 16
+    /// The most bytes `keepInMemory` may hold: 256 MiB, a small model's block (all-MiniLM-L6-v2's
+    /// with 6 tasks is 49 MB); a 1B-class model's block with 3 tasks is far past it and streams.
+    public static let residentBudget = 256 << 20
 
     /// The floating-point tensors of `layer` in `base` and `fineTunes`, matched by local name.
     public init(layer: LayerKey, base: LayerReader, fineTunes: [LayerReader]) throws(ArchitectureError) {
@@ -34,7 +41,26 @@ public final class TaskVectors: @unchecked Sendable {
         }
     }
 
+    deinit { for buffer in resident.values { buffer.deallocate() } }
+
     public var taskCount: Int { tasks.count }
+
+    /// Bytes of θ₀ and every τᵢ in f32: what `keepInMemory` holds.
+    public var residentBytes: Int { names.reduce(0) { $0 + base[$1]!.1.elementCount } * (taskCount + 1) * 4 }
+
+    /// Reads θ₀ and computes every τᵢ once into f32 buffers, which later passes use instead of the
+    /// mapped files; the mapped pages are released as they are read.
+    public func keepInMemory(threads: Int) {
+        let buffers = Dictionary(uniqueKeysWithValues: names.map { name in
+            (name, UnsafeMutablePointer<Float>.allocate(capacity: (taskCount + 1) * base[name]!.1.elementCount))
+        })
+        forEachChunk(threads: threads) { name, elements, theta, taus in
+            let count = base[name]!.1.elementCount, buffer = buffers[name]! + elements.lowerBound
+            buffer.update(from: theta, count: elements.count)
+            for (t, tau) in taus.enumerated() { (buffer + (t + 1) * count).update(from: tau, count: elements.count) }
+        }
+        resident = buffers
+    }
 
     /// Calls `body(name, elements, base, τ)` for every chunk of every tensor, spread over `threads`;
     /// `base` and each τᵢ hold the chunk's elements as f32. Chunks are fixed (not per thread), so
@@ -54,6 +80,16 @@ public final class TaskVectors: @unchecked Sendable {
         }
         let T = tasks.count
         let workers = max(1, min(threads, work.count))
+        if !resident.isEmpty {
+            DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                for index in stride(from: worker, to: work.count, by: workers) {
+                    let (name, elements) = work[index]
+                    let buffer = resident[name]! + elements.lowerBound, count = base[name]!.1.elementCount
+                    body(name, elements, buffer, (1..<T + 1).map { UnsafePointer(buffer + $0 * count) })
+                }
+            }
+            return
+        }
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
             let scratch = UnsafeMutablePointer<Float>.allocate(capacity: (T + 1) * Self.chunkSize)
             defer { scratch.deallocate() }

@@ -21,6 +21,8 @@ protocol DataDrivenRunner: AnyObject {
 /// The runner for `plan`'s method, resuming from the journal's figures.
 func makeDataDrivenRunner(plan: MergePlan, settings: DistillSettings, scratch: String, threads: Int, journal: Journal,
                           options: MergeOptions) throws -> DataDrivenRunner {
+    // The run's --threads bounds the kernels' own loops and OpenBLAS alike.
+    setKernelThreads(threads)
     if let method = EndToEndMerge.Method(rawValue: plan.config.methodName) {
         return try EndToEndRunner(plan: plan, method: method, settings: settings, scratch: scratch, threads: threads,
                                   progress: options.trainingProgress)

@@ -40,7 +40,7 @@ public struct ForwardSummary: Codable, Sendable {
 /// last_hidden_state (after the final norm in the Llama family).
 public func runForward(_ options: ForwardOptions) throws -> ForwardSummary {
     let started = Date()
-    setBLASThreads(options.threads)
+    setKernelThreads(options.threads)
     let source = try ModelSource(path: options.model)
     let architecture = try Architecture(source: source)
     let config = architecture.config

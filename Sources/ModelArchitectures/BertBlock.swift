@@ -71,7 +71,7 @@ public struct BertBlock: TransformerBlock {
         ]
     }
 
-    public func backward(_ tape: BlockTape, dout: Tensor, gradients g: LayerWeights, context c: BlockContext) -> Tensor {
+    public func backward(_ tape: BlockTape, dout: Tensor, gradients g: LayerWeights, context c: BlockContext, inputGradient: Bool) -> Tensor? {
         let t = tape as! Tape
         let (N, H, I) = (c.rows, config.hidden, config.intermediate)
         // Second LayerNorm; its input is the residual sum, so the gradient reaches both branches.
@@ -92,8 +92,9 @@ public struct BertBlock: TransformerBlock {
         layerNormBackward(dinp: dResidual1.data, dweight: g["attention.output.LayerNorm.weight"]!.data,
                           dbias: g["attention.output.LayerNorm.bias"]!.data, dout: dHidden.data, inp: t.residual1.data,
                           weight: ln1w.data, mean: t.mean1.data, rstd: t.rstd1.data, B: N, C: H)
-        let dx = Tensor(shape: [N, H])
-        addInPlace(dx.data, dResidual1.data, N: N * H)
+        // q, k and v read the block input directly: without its gradient, three products go.
+        let dx = inputGradient ? Tensor(shape: [N, H]) : nil
+        if let dx { addInPlace(dx.data, dResidual1.data, N: N * H) }
         let dContext = Tensor(shape: [N, H])
         linearGradients(dResidual1, x: t.context, weight: wo, dx: dContext, gradients: g,
                         weightName: "attention.output.dense.weight", biasName: "attention.output.dense.bias", rows: N)

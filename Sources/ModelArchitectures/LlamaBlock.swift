@@ -72,7 +72,9 @@ public struct LlamaBlock: TransformerBlock {
         ]
     }
 
-    public func backward(_ tape: BlockTape, dout: Tensor, gradients g: LayerWeights, context c: BlockContext) -> Tensor {
+    /// The input's gradient is always computed: the first RMSNorm's weight gradient needs the
+    /// products that lead to it.
+    public func backward(_ tape: BlockTape, dout: Tensor, gradients g: LayerWeights, context c: BlockContext, inputGradient: Bool) -> Tensor? {
         let t = tape as! Tape
         let (N, H, I) = (c.rows, config.hidden, config.intermediate)
         let rope = c.rope!

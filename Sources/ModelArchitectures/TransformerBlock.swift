@@ -28,11 +28,20 @@ public protocol TransformerBlock {
     /// Runs the block on `input` [B·S, hidden].
     func forward(_ input: Tensor, context: BlockContext) -> BlockTape
     /// Accumulates the gradient of every weight into `gradients` (same names as the weights) and
-    /// returns the gradient with respect to the block's input.
-    func backward(_ tape: BlockTape, dout: Tensor, gradients: LayerWeights, context: BlockContext) -> Tensor
+    /// returns the gradient with respect to the block's input. With `inputGradient` false the caller
+    /// does not need it (ProDistill's block inputs are data): the block may skip the products that
+    /// only serve it and return nil.
+    func backward(_ tape: BlockTape, dout: Tensor, gradients: LayerWeights, context: BlockContext, inputGradient: Bool) -> Tensor?
     /// The input [rows, in] of every linear layer recorded in `tape`, with the weights (local names)
     /// that read it: RegMean's Gram matrices come from these.
     func linearInputs(_ tape: BlockTape) -> [(weights: [String], input: Tensor)]
+}
+
+extension TransformerBlock {
+    /// The backward pass with the input's gradient.
+    public func backward(_ tape: BlockTape, dout: Tensor, gradients: LayerWeights, context: BlockContext) -> Tensor {
+        backward(tape, dout: dout, gradients: gradients, context: context, inputGradient: true)!
+    }
 }
 
 /// y = x·Wᵀ + b as a new [rows, out] tensor.

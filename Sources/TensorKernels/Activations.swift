@@ -12,7 +12,7 @@ private let inverseSqrt2Pi: Float = 0.3989422804014327
 public func geluForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>, N: Int, form: GELUForm) {
     switch form {
     case .erf:
-        for i in 0..<N { out[i] = 0.5 * inp[i] * (1 + Foundation.erf(inp[i] * inverseSqrt2)) }
+        for i in 0..<N { out[i] = 0.5 * inp[i] * (1 + fastErf(inp[i] * inverseSqrt2)) }
     case .tanh:
         for i in 0..<N {
             let x = inp[i]
@@ -27,8 +27,8 @@ public func geluBackward(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<
     case .erf:
         for i in 0..<N {
             let x = inp[i]
-            let cdf = 0.5 * (1 + Foundation.erf(x * inverseSqrt2))
-            let pdf = inverseSqrt2Pi * Foundation.exp(-0.5 * x * x)
+            let cdf = 0.5 * (1 + fastErf(x * inverseSqrt2))
+            let pdf = inverseSqrt2Pi * fastExp(-0.5 * x * x)
             dinp[i] += dout[i] * (cdf + x * pdf)
         }
     case .tanh:
@@ -44,20 +44,20 @@ public func geluBackward(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<
 
 /// out (N) = SiLU(inp) = inp · σ(inp).
 public func siluForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>, N: Int) {
-    for i in 0..<N { out[i] = inp[i] / (1 + Foundation.exp(-inp[i])) }
+    for i in 0..<N { out[i] = inp[i] / (1 + fastExp(-inp[i])) }
 }
 
 /// dinp (N) += dout · σ(x)·(1 + x·(1 − σ(x))).
 public func siluBackward(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, inp: UnsafePointer<Float>, N: Int) {
     for i in 0..<N {
-        let sigma = 1 / (1 + Foundation.exp(-inp[i]))
+        let sigma = 1 / (1 + fastExp(-inp[i]))
         dinp[i] += dout[i] * sigma * (1 + inp[i] * (1 - sigma))
     }
 }
 
 /// out (N) = SiLU(gate) · up: the Llama MLP's gated activation (SwiGLU).
 public func swigluForward(_ out: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, N: Int) {
-    for i in 0..<N { out[i] = gate[i] / (1 + Foundation.exp(-gate[i])) * up[i] }
+    for i in 0..<N { out[i] = gate[i] / (1 + fastExp(-gate[i])) * up[i] }
 }
 
 /// dgate (N) += dout·up·SiLU′(gate), dup (N) += dout·SiLU(gate).
@@ -66,7 +66,7 @@ public func swigluBackward(
     gate: UnsafePointer<Float>, up: UnsafePointer<Float>, N: Int
 ) {
     for i in 0..<N {
-        let x = gate[i], sigma = 1 / (1 + Foundation.exp(-x))
+        let x = gate[i], sigma = 1 / (1 + fastExp(-x))
         dgate[i] += dout[i] * up[i] * sigma * (1 + x * (1 - sigma))
         dup[i] += dout[i] * x * sigma
     }

@@ -26,21 +26,23 @@ public func attentionForward(
     let (S, d) = (shape.S, shape.headDim)
     let qStride = shape.heads * d, kvStride = shape.kvHeads * d, group = shape.heads / shape.kvHeads
     let scale = 1 / Float(d).squareRoot()
-    for b in 0..<shape.B {
-        for h in 0..<shape.heads {
-            let g = h / group
-            let p = probabilities + (b * shape.heads + h) * S * S
-            let qh = q + b * S * qStride + h * d, kg = k + b * S * kvStride + g * d, vg = v + b * S * kvStride + g * d
-            sgemm(p, qh, kg, M: S, N: S, K: d, transposeB: true, alpha: scale, lda: qStride, ldb: kvStride)
-            for i in 0..<S {
-                let row = p + i * S
-                for j in 0..<S where (causal && j > i) || (keyMask.map { $0[b * S + j] == 0 } ?? false) {
-                    row[j] = -Float.greatestFiniteMagnitude
-                }
+    // Every (sequence, head) pair is independent: spread them over the kernel threads.
+    parallelFor(shape.B * shape.heads) { item in
+        let (b, h) = item.quotientAndRemainder(dividingBy: shape.heads)
+        let g = h / group
+        let p = probabilities + item * S * S
+        let qh = q + b * S * qStride + h * d, kg = k + b * S * kvStride + g * d, vg = v + b * S * kvStride + g * d
+        sgemm(p, qh, kg, M: S, N: S, K: d, transposeB: true, alpha: scale, lda: qStride, ldb: kvStride, split: false)
+        if let keyMask {
+            for j in 0..<S where keyMask[b * S + j] == 0 {
+                for i in 0..<S { p[i * S + j] = -Float.greatestFiniteMagnitude }
             }
-            softmaxForward(p, p, rows: S, C: S)
-            sgemm(ctx + b * S * qStride + h * d, p, vg, M: S, N: d, K: S, ldb: kvStride, ldc: qStride)
         }
+        if causal {
+            for i in 0..<S { (p + i * S + i + 1).update(repeating: -Float.greatestFiniteMagnitude, count: S - i - 1) }
+        }
+        softmaxForward(p, p, rows: S, C: S)
+        sgemm(ctx + b * S * qStride + h * d, p, vg, M: S, N: d, K: S, ldb: kvStride, ldc: qStride, split: false)
     }
 }
 
@@ -55,18 +57,20 @@ public func attentionBackward(
     let (S, d) = (shape.S, shape.headDim)
     let qStride = shape.heads * d, kvStride = shape.kvHeads * d, group = shape.heads / shape.kvHeads
     let scale = 1 / Float(d).squareRoot()
-    let dScores = UnsafeMutablePointer<Float>.allocate(capacity: S * S)
-    defer { dScores.deallocate() }
-    for b in 0..<shape.B {
-        for h in 0..<shape.heads {
-            let g = h / group
+    // Heads sharing a key/value head accumulate into the same dk and dv: one item per (sequence,
+    // key/value head), its query heads in order, so the sums do not depend on the thread count.
+    parallelFor(shape.B * shape.kvHeads) { item in
+        let (b, g) = item.quotientAndRemainder(dividingBy: shape.kvHeads)
+        let dScores = UnsafeMutablePointer<Float>.allocate(capacity: S * S)
+        defer { dScores.deallocate() }
+        for h in g * group..<(g + 1) * group {
             let p = probabilities + (b * shape.heads + h) * S * S
             let qOffset = b * S * qStride + h * d, kvOffset = b * S * kvStride + g * d
-            sgemm(dScores, dctx + qOffset, v + kvOffset, M: S, N: S, K: d, transposeB: true, lda: qStride, ldb: kvStride)
-            sgemm(dv + kvOffset, p, dctx + qOffset, M: S, N: d, K: S, transposeA: true, beta: 1, ldb: qStride, ldc: kvStride)
+            sgemm(dScores, dctx + qOffset, v + kvOffset, M: S, N: S, K: d, transposeB: true, lda: qStride, ldb: kvStride, split: false)
+            sgemm(dv + kvOffset, p, dctx + qOffset, M: S, N: d, K: S, transposeA: true, beta: 1, ldb: qStride, ldc: kvStride, split: false)
             softmaxBackward(dinp: dScores, dout: dScores, probabilities: p, rows: S, C: S)
-            sgemm(dq + qOffset, dScores, k + kvOffset, M: S, N: d, K: S, alpha: scale, beta: 1, ldb: kvStride, ldc: qStride)
-            sgemm(dk + kvOffset, dScores, q + qOffset, M: S, N: d, K: S, transposeA: true, alpha: scale, beta: 1, ldb: qStride, ldc: kvStride)
+            sgemm(dq + qOffset, dScores, k + kvOffset, M: S, N: d, K: S, alpha: scale, beta: 1, ldb: kvStride, ldc: qStride, split: false)
+            sgemm(dk + kvOffset, dScores, q + qOffset, M: S, N: d, K: S, transposeA: true, alpha: scale, beta: 1, ldb: qStride, ldc: kvStride, split: false)
         }
     }
 }

@@ -2,25 +2,46 @@
 import CBLAS
 import Foundation
 
+/// OpenBLAS runs single-threaded: the kernels split products themselves (`gemmPieces`). OpenBLAS's
+/// own workers spin (sched_yield) for ~0.1 s after every threaded call, so on a small machine they
+/// stole a core from the elementwise kernels and the optimizer that run between products.
+private let openBLASSingleThreaded: Void = openblas_set_num_threads(1)
+
+/// The output rows (if `M ≥ N`, else columns) of one product, cut into pieces that the kernel
+/// threads share. The cut depends only on the shape, never on the thread count, so every output
+/// element comes from the same OpenBLAS call with any number of threads: results are identical.
+/// Products under 2²⁰ multiply-adds stay whole.
+func gemmPieces(M: Int, N: Int, K: Int) -> [Range<Int>] {
+    let length = max(M, N), piece = 128
+    guard M * N * K >= 1 << 20, length >= 2 * piece else { return [0..<length] }
+    return stride(from: 0, to: length, by: piece).map { $0..<min(length, $0 + piece) }
+}
+
 /// C (M×N) = alpha · op(A) · op(B) + beta · C, row-major, where op(A) is M×K and op(B) is K×N.
 /// Leading dimensions default to contiguous storage; attention passes wider ones to address one
-/// head inside a [tokens, heads × headDim] activation without copying it out.
+/// head inside a [tokens, heads × headDim] activation without copying it out. `split` false keeps
+/// the product on the calling thread (attention already runs its heads in parallel).
 /// Every matrix product in the kernels goes through here. The C function is `cblas_sgemm`.
 public func sgemm(
     _ c: UnsafeMutablePointer<Float>, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
     M: Int, N: Int, K: Int, transposeA: Bool = false, transposeB: Bool = false, alpha: Float = 1, beta: Float = 0,
-    lda: Int? = nil, ldb: Int? = nil, ldc: Int? = nil
+    lda: Int? = nil, ldb: Int? = nil, ldc: Int? = nil, split: Bool = true
 ) {
     guard M > 0, N > 0 else { return }
-    cblas_sgemm(
-        CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-        Int32(M), Int32(N), Int32(K), alpha, a, Int32(lda ?? (transposeA ? M : K)), b, Int32(ldb ?? (transposeB ? K : N)),
-        beta, c, Int32(ldc ?? N))
-}
-
-/// Sets the number of threads OpenBLAS uses. The C function is `openblas_set_num_threads`.
-public func setBLASThreads(_ count: Int) {
-    openblas_set_num_threads(Int32(max(1, count)))
+    _ = openBLASSingleThreaded
+    let lda = lda ?? (transposeA ? M : K), ldb = ldb ?? (transposeB ? K : N), ldc = ldc ?? N
+    let pieces = split ? gemmPieces(M: M, N: N, K: K) : [0..<max(M, N)]
+    parallelFor(pieces.count) { index in
+        let r = pieces[index]
+        // A row piece of C takes the same rows of op(A); a column piece the same columns of op(B).
+        let (m, n) = M >= N ? (r.count, N) : (M, r.count)
+        let aPiece = M >= N ? a + (transposeA ? r.lowerBound : r.lowerBound * lda) : a
+        let bPiece = M >= N ? b : b + (transposeB ? r.lowerBound * ldb : r.lowerBound)
+        let cPiece = M >= N ? c + r.lowerBound * ldc : c + r.lowerBound
+        cblas_sgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(K), alpha, aPiece, Int32(lda), bPiece, Int32(ldb), beta, cPiece, Int32(ldc))
+    }
 }
 
 /// C (M×N) = alpha · op(A) · op(B) + beta · C in double, row-major: RegMean's Gram matrices and
@@ -30,9 +51,19 @@ public func dgemm(
     M: Int, N: Int, K: Int, transposeA: Bool = false, transposeB: Bool = false, alpha: Double = 1, beta: Double = 0
 ) {
     guard M > 0, N > 0 else { return }
-    cblas_dgemm(
-        CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-        Int32(M), Int32(N), Int32(K), alpha, a, Int32(transposeA ? M : K), b, Int32(transposeB ? K : N), beta, c, Int32(N))
+    _ = openBLASSingleThreaded
+    let lda = transposeA ? M : K, ldb = transposeB ? K : N
+    let pieces = gemmPieces(M: M, N: N, K: K)
+    parallelFor(pieces.count) { index in
+        let r = pieces[index]
+        let (m, n) = M >= N ? (r.count, N) : (M, r.count)
+        let aPiece = M >= N ? a + (transposeA ? r.lowerBound : r.lowerBound * lda) : a
+        let bPiece = M >= N ? b : b + (transposeB ? r.lowerBound * ldb : r.lowerBound)
+        let cPiece = M >= N ? c + r.lowerBound * N : c + r.lowerBound
+        cblas_dgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            Int32(m), Int32(n), Int32(K), alpha, aPiece, Int32(lda), bPiece, Int32(ldb), beta, cPiece, Int32(N))
+    }
 }
 
 /// Solves A·X = B for symmetric positive definite A (n×n, overwritten by its Cholesky factor) and
@@ -40,6 +71,10 @@ public func dgemm(
 /// 0 on success, k > 0 when A is not positive definite. The Fortran routines are `dpotrf_`/`dpotrs_`.
 public func choleskySolve(_ a: UnsafeMutablePointer<Double>, n: Int, _ b: UnsafeMutablePointer<Double>, rhs: Int) -> Int {
     var uplo = CChar(UInt8(ascii: "L")), size = Int32(n), count = Int32(rhs), info: Int32 = 0
+    // One blocked factorisation per call, rare (once per tensor per layer): OpenBLAS threads it.
+    _ = openBLASSingleThreaded
+    openblas_set_num_threads(Int32(kernelThreads))
+    defer { openblas_set_num_threads(1) }
     dpotrf_(&uplo, &size, a, &size, &info)
     guard info == 0 else { return Int(info) }
     dpotrs_(&uplo, &size, &count, a, &size, b, &size, &info)

@@ -1,5 +1,4 @@
 // Softmax over the last dimension of [rows, C] — forward and backward, shared by attention and the logit losses.
-import Foundation
 
 /// out (rows, C) = softmax(inp) per row, max-subtracted so large scores do not overflow.
 /// A row whose every entry carries the additive mask (−greatestFiniteMagnitude) becomes uniform,
@@ -7,14 +6,9 @@ import Foundation
 public func softmaxForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePointer<Float>, rows: Int, C: Int) {
     for row in 0..<rows {
         let x = inp + row * C, y = out + row * C
-        var maxValue = -Float.infinity
-        for i in 0..<C { maxValue = max(maxValue, x[i]) }
-        var sum: Float = 0
-        for i in 0..<C {
-            let e = Foundation.exp(x[i] - maxValue)
-            y[i] = e
-            sum += e
-        }
+        let maxValue = laneMax(x, C)
+        for i in 0..<C { y[i] = fastExp(x[i] - maxValue) }
+        let sum = laneSum(y, C)
         let inverse = 1 / sum
         for i in 0..<C { y[i] *= inverse }
     }
@@ -25,8 +19,7 @@ public func softmaxForward(_ out: UnsafeMutablePointer<Float>, _ inp: UnsafePoin
 public func softmaxBackward(dinp: UnsafeMutablePointer<Float>, dout: UnsafePointer<Float>, probabilities p: UnsafePointer<Float>, rows: Int, C: Int) {
     for row in 0..<rows {
         let dy = dout + row * C, y = p + row * C, dx = dinp + row * C
-        var dot: Float = 0
-        for i in 0..<C { dot += dy[i] * y[i] }
+        let dot = laneDot(dy, y, C)
         for i in 0..<C { dx[i] = y[i] * (dy[i] - dot) }
     }
 }

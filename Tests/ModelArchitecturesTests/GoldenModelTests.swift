@@ -120,6 +120,10 @@ struct GoldenModelTests {
                 checked += 1
             }
             #expect(checked == weights.tensors.count && checked >= 9)
+            // Without the input's gradient (as ProDistill asks), the weights' gradients are the same.
+            let weightsOnly = weights.zerosLike()
+            _ = block.backward(tape, dout: try f.tensor("probe_\(l)"), gradients: weightsOnly, context: context, inputGradient: false)
+            for (local, gradient) in gradients.tensors { #expect(weightsOnly[local]!.values == gradient.values, "\(name) \(local)") }
         }
     }
 
