@@ -38,13 +38,19 @@ public struct DropoutStream: Sendable {
             j += 1
             out += 1
         }
-        while j + 1 < elements.upperBound {
-            let r = splitMix64(key &+ UInt64(j >> 1))
-            out[0] = r & 0xFFFF_FFFF < threshold ? 1 : 0
-            out[1] = r >> 32 < threshold ? 1 : 0
-            j += 2
-            out += 2
+        // Each draw fills a pair of floats with one 64-bit store (1.0f is 0x3F80_0000): contiguous
+        // stores of independent counters, so the loop vectorises.
+        let pairs = (elements.upperBound - j) / 2, first = UInt64(j >> 1), key = key
+        let one: UInt64 = 0x3F80_0000
+        let raw = UnsafeMutableRawPointer(out)
+        for p in 0..<pairs {
+            let r = splitMix64(key &+ first &+ UInt64(p))
+            let low = r & 0xFFFF_FFFF < threshold ? one : 0
+            let high = r >> 32 < threshold ? one << 32 : 0
+            raw.storeBytes(of: low | high, toByteOffset: 8 * p, as: UInt64.self)
         }
+        j += 2 * pairs
+        out += 2 * pairs
         if j < elements.upperBound {
             out.pointee = splitMix64(key &+ UInt64(j >> 1)) & 0xFFFF_FFFF < threshold ? 1 : 0
         }
