@@ -81,6 +81,29 @@ struct CoefficientAdamTests {
         }
     }
 
+    @Test("task vectors kept in memory give the same bits as task vectors read from the mapped files")
+    func residentTaskVectors() throws {
+        let family = try Family()
+        defer { try? FileManager.default.removeItem(atPath: family.directory) }
+        var results: [[Float]] = []
+        for resident in [false, true] {
+            let vectors = try family.vectors()
+            if resident { vectors.keepInMemory(threads: 2) }
+            let weights = vectors.taskArithmetic(lambda: 0.3, threads: 2)
+            let optimizer = ElementwiseAdam(shapes: vectors.shapes, learningRate: 0.01)
+            for step in 1...20 {
+                let gradients = weights.zerosLike()
+                for (i, name) in gradients.tensors.keys.sorted().enumerated() {
+                    let g = testValues(gradients[name]!.count, seed: UInt64(3000 + step * 7 + i), scale: 0.5)
+                    gradients[name]!.data.update(from: g, count: g.count)
+                }
+                optimizer.step(weights: weights, gradients: gradients, tasks: vectors, threads: 2)
+            }
+            results.append(weights.tensors.keys.sorted().flatMap { weights[$0]!.values })
+        }
+        #expect(results[0] == results[1])
+    }
+
     @Test("per-tensor: one λ per tensor per task follows Adam on Σ G⊙τᵢ, independently of threads")
     func tensorwise() throws {
         let family = try Family()
