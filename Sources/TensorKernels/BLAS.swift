@@ -11,10 +11,28 @@ private let openBLASSingleThreaded: Void = openblas_set_num_threads(1)
 /// threads share. The cut depends only on the shape, never on the thread count, so every output
 /// element comes from the same OpenBLAS call with any number of threads: results are identical.
 /// Products under 2²⁰ multiply-adds stay whole.
-func gemmPieces(M: Int, N: Int, K: Int) -> [Range<Int>] {
+private func gemmPieces(M: Int, N: Int, K: Int) -> [Range<Int>] {
     let length = max(M, N), piece = 128
     guard M * N * K >= 1 << 20, length >= 2 * piece else { return [0..<length] }
     return stride(from: 0, to: length, by: piece).map { $0..<min(length, $0 + piece) }
+}
+
+/// Calls `body(m, n, aOffset, bOffset, cOffset)` for every piece of an M×N product (one piece when
+/// `split` is false), spread over the kernel threads: a row piece of C takes the same rows of op(A),
+/// a column piece the same columns of op(B); offsets are in elements.
+private func forEachPiece(
+    M: Int, N: Int, K: Int, transposeA: Bool, transposeB: Bool, lda: Int, ldb: Int, ldc: Int, split: Bool,
+    _ body: (_ m: Int, _ n: Int, _ aOffset: Int, _ bOffset: Int, _ cOffset: Int) -> Void
+) {
+    let pieces = split ? gemmPieces(M: M, N: N, K: K) : [0..<max(M, N)]
+    parallelFor(pieces.count) { index in
+        let r = pieces[index]
+        if M >= N {
+            body(r.count, N, transposeA ? r.lowerBound : r.lowerBound * lda, 0, r.lowerBound * ldc)
+        } else {
+            body(M, r.count, 0, transposeB ? r.lowerBound * ldb : r.lowerBound, r.lowerBound)
+        }
+    }
 }
 
 /// C (M×N) = alpha · op(A) · op(B) + beta · C, row-major, where op(A) is M×K and op(B) is K×N.
@@ -30,17 +48,11 @@ public func sgemm(
     guard M > 0, N > 0 else { return }
     _ = openBLASSingleThreaded
     let lda = lda ?? (transposeA ? M : K), ldb = ldb ?? (transposeB ? K : N), ldc = ldc ?? N
-    let pieces = split ? gemmPieces(M: M, N: N, K: K) : [0..<max(M, N)]
-    parallelFor(pieces.count) { index in
-        let r = pieces[index]
-        // A row piece of C takes the same rows of op(A); a column piece the same columns of op(B).
-        let (m, n) = M >= N ? (r.count, N) : (M, r.count)
-        let aPiece = M >= N ? a + (transposeA ? r.lowerBound : r.lowerBound * lda) : a
-        let bPiece = M >= N ? b : b + (transposeB ? r.lowerBound * ldb : r.lowerBound)
-        let cPiece = M >= N ? c + r.lowerBound * ldc : c + r.lowerBound
+    forEachPiece(M: M, N: N, K: K, transposeA: transposeA, transposeB: transposeB, lda: lda, ldb: ldb, ldc: ldc, split: split) {
+        m, n, aOffset, bOffset, cOffset in
         cblas_sgemm(
             CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-            Int32(m), Int32(n), Int32(K), alpha, aPiece, Int32(lda), bPiece, Int32(ldb), beta, cPiece, Int32(ldc))
+            Int32(m), Int32(n), Int32(K), alpha, a + aOffset, Int32(lda), b + bOffset, Int32(ldb), beta, c + cOffset, Int32(ldc))
     }
 }
 
@@ -53,16 +65,11 @@ public func dgemm(
     guard M > 0, N > 0 else { return }
     _ = openBLASSingleThreaded
     let lda = transposeA ? M : K, ldb = transposeB ? K : N
-    let pieces = gemmPieces(M: M, N: N, K: K)
-    parallelFor(pieces.count) { index in
-        let r = pieces[index]
-        let (m, n) = M >= N ? (r.count, N) : (M, r.count)
-        let aPiece = M >= N ? a + (transposeA ? r.lowerBound : r.lowerBound * lda) : a
-        let bPiece = M >= N ? b : b + (transposeB ? r.lowerBound * ldb : r.lowerBound)
-        let cPiece = M >= N ? c + r.lowerBound * N : c + r.lowerBound
+    forEachPiece(M: M, N: N, K: K, transposeA: transposeA, transposeB: transposeB, lda: lda, ldb: ldb, ldc: N, split: true) {
+        m, n, aOffset, bOffset, cOffset in
         cblas_dgemm(
             CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-            Int32(m), Int32(n), Int32(K), alpha, aPiece, Int32(lda), bPiece, Int32(ldb), beta, cPiece, Int32(N))
+            Int32(m), Int32(n), Int32(K), alpha, a + aOffset, Int32(lda), b + bOffset, Int32(ldb), beta, c + cOffset, Int32(N))
     }
 }
 
