@@ -157,7 +157,7 @@ public final class ProDistill {
 
         // 2. Fresh coefficients at λ₀ and fresh Adam.
         let tasks = try TaskVectors(layer: .block(layer), base: base, fineTunes: fineTunes)
-        if tasks.residentBytes <= TaskVectors.residentBudget { tasks.keepInMemory(threads: threads) }
+        tasks.keepInMemoryIfSmall(threads: threads)
         let weights = tasks.taskArithmetic(lambda: lambda, threads: threads)
         let block = try architecture.block(weights)
         let gradients = weights.zerosLike()
@@ -237,8 +237,8 @@ extension ProDistill {
         let activations = 4 * rows * H * 4
         let chunks = threads * (tasks + 1) * TaskVectors.chunkSize * 4
         let perParameter = settings.granularity == .element ? 16 : 8
-        let resident = (tasks + 1) * largestBlockParameters * 4
-        let taskVectors = resident <= TaskVectors.residentBudget ? resident : chunks
+        let taskVectors = TaskVectors.fitsInMemory(elements: largestBlockParameters, tasks: tasks)
+            ? (tasks + 1) * largestBlockParameters * 4 : chunks
         let block = perParameter * largestBlockParameters + tape + activations + taskVectors
         let embeddings = 2 * 4 * embeddingParameters + activations + chunks
         return max(block, embeddings)

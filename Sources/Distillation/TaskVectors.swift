@@ -8,7 +8,7 @@ import TensorKernels
 /// Where each tensor of one layer lives in the base and in every fine-tune. By default task vectors
 /// τᵢ = θᵢ − θ₀ are not stored: each pass recomputes the chunk it needs from the mapped files (bf16
 /// or f32), so memory holds one chunk per thread instead of T copies of the layer. A layer small
-/// enough (`residentBudget`) can be kept in memory instead (`keepInMemory`): then the many passes of
+/// enough (`residentBudget`) can be kept in memory instead (`keepInMemoryIfSmall`): then the many passes of
 /// a block's training read f32 copies instead of converting and page-faulting the mapping each step.
 public final class TaskVectors: @unchecked Sendable {
     public let names: [String]
@@ -45,8 +45,16 @@ public final class TaskVectors: @unchecked Sendable {
 
     public var taskCount: Int { tasks.count }
 
-    /// Bytes of θ₀ and every τᵢ in f32: what `keepInMemory` holds.
-    public var residentBytes: Int { names.reduce(0) { $0 + base[$1]!.1.elementCount } * (taskCount + 1) * 4 }
+    /// Whether a layer of `elements` floating-point elements with `tasks` fine-tunes fits
+    /// `residentBudget` as θ₀ and every τᵢ in f32 (what `keepInMemoryIfSmall` holds).
+    public static func fitsInMemory(elements: Int, tasks: Int) -> Bool { (tasks + 1) * elements * 4 <= residentBudget }
+
+    /// Keeps the layer in memory (`keepInMemory`) when it fits `residentBudget`.
+    public func keepInMemoryIfSmall(threads: Int) {
+        if Self.fitsInMemory(elements: names.reduce(0) { $0 + base[$1]!.1.elementCount }, tasks: taskCount) {
+            keepInMemory(threads: threads)
+        }
+    }
 
     /// Reads θ₀ and computes every τᵢ once into f32 buffers, which later passes use instead of the
     /// mapped files; the mapped pages are released as they are read.
@@ -80,21 +88,18 @@ public final class TaskVectors: @unchecked Sendable {
         }
         let T = tasks.count
         let workers = max(1, min(threads, work.count))
-        if !resident.isEmpty {
-            DispatchQueue.concurrentPerform(iterations: workers) { worker in
-                for index in stride(from: worker, to: work.count, by: workers) {
-                    let (name, elements) = work[index]
-                    let buffer = resident[name]! + elements.lowerBound, count = base[name]!.1.elementCount
-                    body(name, elements, buffer, (1..<T + 1).map { UnsafePointer(buffer + $0 * count) })
-                }
-            }
-            return
-        }
         DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: (T + 1) * Self.chunkSize)
-            defer { scratch.deallocate() }
+            // Kept in memory, a chunk is a view into the resident copies; otherwise it is read and
+            // converted into this worker's scratch.
+            let scratch = resident.isEmpty ? UnsafeMutablePointer<Float>.allocate(capacity: (T + 1) * Self.chunkSize) : nil
+            defer { scratch?.deallocate() }
             for index in stride(from: worker, to: work.count, by: workers) {
                 let (name, elements) = work[index]
+                guard let scratch else {
+                    let buffer = resident[name]! + elements.lowerBound, count = base[name]!.1.elementCount
+                    body(name, elements, buffer, (1..<T + 1).map { UnsafePointer(buffer + $0 * count) })
+                    continue
+                }
                 let (baseFile, baseInfo) = base[name]!
                 baseFile.readFloats(baseInfo, elements: elements, into: scratch)
                 var taus: [UnsafePointer<Float>] = []
