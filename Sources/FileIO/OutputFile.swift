@@ -55,25 +55,28 @@ public final class OutputFile {
         writebackStart = position
     }
 
-    /// Fsyncs, closes and renames the file to its final name, then fsyncs the directory so the rename survives a crash.
-    public func commit() throws(SystemError) {
-        try Syscalls.fsync(fd, path: temporaryPath)
+    /// Fsyncs, closes and renames the file to its final name, then fsyncs the directory so the rename
+    /// survives a crash. Without `durable` it only closes and renames: the file is complete under its
+    /// final name or absent, but a power loss may take it back to an earlier version.
+    public func commit(durable: Bool = true) throws(SystemError) {
+        if durable { try Syscalls.fsync(fd, path: temporaryPath) }
         Syscalls.close(fd)
         fd = -1
         try Syscalls.rename(temporaryPath, path)
-        try syncDirectory(of: path)
+        if durable { try syncDirectory(of: path) }
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename, directory fsync.
-public func writeFileAtomically(_ path: String, _ bytes: [UInt8]) throws(SystemError) {
+/// Writes `bytes` to `path` atomically: a temporary sibling, fsync, rename, directory fsync (the
+/// fsyncs only when `durable`; see `OutputFile.commit`).
+public func writeFileAtomically(_ path: String, _ bytes: [UInt8], durable: Bool = true) throws(SystemError) {
     let file = try OutputFile(path: path)
     var result: Result<Void, SystemError> = .success(())
     bytes.withUnsafeBytes { raw in
         do throws(SystemError) { try file.write(raw) } catch { result = .failure(error) }
     }
     try result.get()
-    try file.commit()
+    try file.commit(durable: durable)
 }
 
 /// Fsyncs the directory holding `path`, making a rename inside it durable.

@@ -1,10 +1,10 @@
-// MagnitudeThreshold: TIES's top-k by magnitude, found by a two-pass radix select instead of sorting a copy.
+// MagnitudeThreshold: TIES's top-k by magnitude, found by radix select over histograms instead of sorting a copy.
 
 /// Which elements of a task vector TIES keeps: the k of largest |τ|. Ties at the threshold are
 /// broken by lower element index first, so the choice is deterministic and independent of chunking.
 ///
 /// For non-negative floats the bit pattern orders like the value, so the k-th largest |τ| is found
-/// with two 65,536-bin histograms (high then low 16 bits) over the data — O(n) time, O(1) memory.
+/// from 65,536-bin histograms of the high and then the low 16 bits — O(n) time, O(1) memory.
 public struct MagnitudeThreshold: Sendable {
     /// Bit pattern of the smallest kept |τ|; elements above it are kept.
     public let thresholdBits: UInt32
@@ -25,28 +25,119 @@ public struct MagnitudeThreshold: Sendable {
     }
 
     public static let keepEverything = MagnitudeThreshold(thresholdBits: 0, keptAtThreshold: 0, dropsSomeTies: false, keepAll: true, keepNone: false)
+    public static let keepNothing = MagnitudeThreshold(thresholdBits: 0, keptAtThreshold: 0, dropsSomeTies: false, keepAll: false, keepNone: true)
+
+    /// The threshold keeping `rank` elements when `above` lie above the value with bits `bits`, of
+    /// which `equal` elements exist.
+    init(bits: UInt32, rank: Int, above: Int, equal: Int) {
+        let kept = rank - above
+        self.init(thresholdBits: bits, keptAtThreshold: kept, dropsSomeTies: kept < equal, keepAll: false, keepNone: false)
+    }
 }
 
 @inline(__always)
 func magnitudeBits(_ value: Float) -> UInt32 { value.bitPattern & 0x7FFF_FFFF }
 
-/// A 65,536-bin histogram that chunks fill independently and then add up (integer sums: order-free).
-/// Bins are 32-bit so a worker's histograms stay in cache; a worker adds at most one chunk at a time.
-struct Histogram16 {
-    var counts = [UInt32](repeating: 0, count: 65536)
+/// The first pass of the select: per high-16-bit bin of |τ|, how many elements have all low bits zero
+/// ("exact": their value is the bin's lowest) and how many do not. The exact ones are all tied below
+/// the others of their bin, so when the k-th largest falls among them the threshold is known without
+/// a second pass. Task vectors of bf16 checkpoints are nearly all exact (a difference of two bf16
+/// values with the same exponent fits in bf16), so TIES on them reads its inputs twice, not three times.
+///
+/// Storage is `count` histograms of 2 × 65,536 32-bit bins (bin 2h counts exact, 2h + 1 inexact
+/// elements of high bits h), filled independently and added up (integer sums: order-free).
+struct HighBitHistograms {
+    static let bins = 2 * 65536
+    let counts: UnsafeMutablePointer<UInt32>
+    let count: Int
 
-    mutating func add(_ other: Histogram16) {
-        for i in 0..<65536 { counts[i] += other.counts[i] }
+    init(count: Int) {
+        self.count = count
+        counts = .allocate(capacity: count * Self.bins)
+        counts.initialize(repeating: 0, count: count * Self.bins)
     }
 
-    /// Walking bins from the top, the bin holding the `rank`-th largest element (1-based) and how
-    /// many elements lie in higher bins.
-    func binHolding(rank: Int) -> (bin: Int, above: Int) {
+    func deallocate() { counts.deallocate() }
+
+    func histogram(_ index: Int) -> UnsafeMutablePointer<UInt32> { counts + index * Self.bins }
+
+    /// Counts |θ − θ₀| of `n` elements into histogram `index`. The bin numbers are computed first in a
+    /// loop that vectorises, so the scalar loop left does nothing but the increments.
+    @inline(__always)
+    func add(_ index: Int, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int, keys: UnsafeMutablePointer<UInt32>) {
+        for j in 0..<n {
+            let bits = magnitudeBits(theta[j] - base[j])
+            // 2·(bits >> 16), plus 1 when any low bit is set.
+            keys[j] = (bits >> 15) & 0xFFFF_FFFE | (bits & 0xFFFF == 0 ? 0 : 1)
+        }
+        let h = histogram(index)
+        for j in 0..<n { h[Int(keys[j])] &+= 1 }
+    }
+
+    /// Adds histogram `index` into histogram `into`.
+    func accumulate(_ index: Int, into target: Int) {
+        let from = histogram(index), to = histogram(target)
+        for i in 0..<Self.bins { to[i] &+= from[i] }
+    }
+
+    /// For histogram `index` holding a whole tensor, the threshold keeping the `rank` largest, or — when
+    /// the rank falls among a bin's inexact elements — that bin and how many elements lie above it.
+    func select(_ index: Int, rank: Int) -> (threshold: MagnitudeThreshold?, bin: Int, above: Int) {
+        let h = histogram(index)
         var above = 0
         for bin in stride(from: 65535, through: 0, by: -1) {
-            if above + Int(counts[bin]) >= rank { return (bin, above) }
-            above += Int(counts[bin])
+            let exact = Int(h[2 * bin]), inexact = Int(h[2 * bin + 1])
+            if above + exact + inexact >= rank {
+                guard rank - above > inexact else { return (nil, bin, above) }
+                return (MagnitudeThreshold(bits: UInt32(bin) << 16, rank: rank, above: above + inexact, equal: exact), bin, above)
+            }
+            above += exact + inexact
         }
         preconditionFailure("rank \(rank) exceeds the histogram's \(above) elements")
+    }
+}
+
+/// The second pass, for the task vectors whose rank fell among inexact elements: a 65,536-bin
+/// histogram of the low 16 bits of the elements in the selected high bin.
+struct LowBitHistograms {
+    let counts: UnsafeMutablePointer<UInt32>
+    let count: Int
+
+    init(count: Int) {
+        self.count = count
+        counts = .allocate(capacity: count * 65536)
+        counts.initialize(repeating: 0, count: count * 65536)
+    }
+
+    func deallocate() { counts.deallocate() }
+
+    func histogram(_ index: Int) -> UnsafeMutablePointer<UInt32> { counts + index * 65536 }
+
+    /// Counts the low bits of |θ − θ₀| for the `n` elements whose high bits are `bin`.
+    @inline(__always)
+    func add(_ index: Int, bin: UInt32, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int) {
+        let h = histogram(index)
+        for j in 0..<n {
+            let bits = magnitudeBits(theta[j] - base[j])
+            if bits >> 16 == bin { h[Int(bits & 0xFFFF)] += 1 }
+        }
+    }
+
+    func accumulate(_ index: Int, into target: Int) {
+        let from = histogram(index), to = histogram(target)
+        for i in 0..<65536 { to[i] &+= from[i] }
+    }
+
+    /// The threshold keeping `rank` elements when `above` lie above high bin `bin`.
+    func select(_ index: Int, bin: Int, rank: Int, above: Int) -> MagnitudeThreshold {
+        let h = histogram(index)
+        var aboveLow = above
+        for low in stride(from: 65535, through: 0, by: -1) {
+            if aboveLow + Int(h[low]) >= rank {
+                return MagnitudeThreshold(bits: UInt32(bin) << 16 | UInt32(low), rank: rank, above: aboveLow, equal: Int(h[low]))
+            }
+            aboveLow += Int(h[low])
+        }
+        preconditionFailure("rank \(rank) exceeds bin \(bin)'s \(aboveLow - above) elements")
     }
 }

@@ -1,30 +1,40 @@
-// TensorMerger: merges one tensor chunk by chunk, so memory is bounded by the chunk size, not the tensor.
+// TensorMerger: merges one tensor chunk by chunk, computing in cache-sized blocks, so memory is bounded by the chunk size, not the tensor.
 import Dispatch
+import Synchronization
 
 /// Reads elements `elements` of a model's tensor as f32 into the buffer; `model` nil is the base.
 public typealias ChunkReader = @Sendable (_ model: Int?, _ elements: Range<Int>, _ into: UnsafeMutablePointer<Float>) -> Void
 
 /// Tells the source that elements `elements` of every input have been read and their pages may go.
-/// Called once per window while merging (one `madvise` per input, not per chunk) and per chunk in
-/// the preparation passes.
+/// Called once per `TensorMerger.releaseSpan` elements, not per chunk.
 public typealias ChunkReleaser = @Sendable (_ elements: Range<Int>) -> Void
 
-/// Per-thread scratch: one chunk of the base, of each fine-tune, and of three running sums.
+/// Receives a finished block of the merged tensor: the window slot (chunk) it belongs to, its first
+/// element's offset within that chunk, and its `count` values. Called on the worker that merged it.
+public typealias BlockEmitter = (_ slot: Int, _ offset: Int, _ values: UnsafePointer<Float>, _ count: Int) -> Void
+
+/// Per-thread scratch: one block of the base, of each fine-tune, of three running sums, of the output and of histogram keys.
+/// A block is small enough that all of them stay in the core's cache while a chunk is merged.
 public final class MergeWorkspace: @unchecked Sendable {
+    public static let defaultBlockSize = 4096
+    let blockSize: Int
     let base: UnsafeMutablePointer<Float>
     let models: [UnsafeMutablePointer<Float>]
     let accumulator: UnsafeMutablePointer<Float>
     let divisor: UnsafeMutablePointer<Float>
     let scratch: UnsafeMutablePointer<Float>
-    let chunkSize: Int
+    let output: UnsafeMutablePointer<Float>
+    let keys: UnsafeMutablePointer<UInt32>
 
-    public init(modelCount: Int, chunkSize: Int) {
-        self.chunkSize = chunkSize
-        base = .allocate(capacity: chunkSize)
-        models = (0..<modelCount).map { _ in .allocate(capacity: chunkSize) }
-        accumulator = .allocate(capacity: chunkSize)
-        divisor = .allocate(capacity: chunkSize)
-        scratch = .allocate(capacity: chunkSize)
+    public init(modelCount: Int, blockSize: Int = MergeWorkspace.defaultBlockSize) {
+        self.blockSize = blockSize
+        base = .allocate(capacity: blockSize)
+        models = (0..<modelCount).map { _ in .allocate(capacity: blockSize) }
+        accumulator = .allocate(capacity: blockSize)
+        divisor = .allocate(capacity: blockSize)
+        scratch = .allocate(capacity: blockSize)
+        output = .allocate(capacity: blockSize)
+        keys = .allocate(capacity: blockSize)
     }
 
     deinit {
@@ -33,28 +43,44 @@ public final class MergeWorkspace: @unchecked Sendable {
         accumulator.deallocate()
         divisor.deallocate()
         scratch.deallocate()
+        output.deallocate()
+        keys.deallocate()
     }
 
     /// Bytes held, for memory estimates.
-    public static func byteCount(modelCount: Int, chunkSize: Int) -> Int { (modelCount + 4) * chunkSize * 4 }
+    public static func byteCount(modelCount: Int, blockSize: Int = defaultBlockSize) -> Int { (modelCount + 6) * blockSize * 4 }
 }
 
-/// Runs `body(worker, chunk)` over `chunkCount` chunks on `threads` workers, chunk c on worker c % threads.
-/// Results may depend only on the chunk, never on the worker, which keeps output independent of `threads`.
+/// Runs `body(worker, chunk)` over `chunkCount` chunks on up to `threads` workers, each taking the next
+/// chunk when it finishes one, so a worker slowed by the writer or the hasher does not hold the others
+/// back. Results may depend only on the chunk, never on the worker, which keeps output independent
+/// of `threads` and of scheduling.
 public func forEachChunk(_ chunkCount: Int, threads: Int, _ body: (_ worker: Int, _ chunk: Int) -> Void) {
     let workers = max(1, min(threads, chunkCount))
     if workers == 1 {
         for chunk in 0..<chunkCount { body(0, chunk) }
         return
     }
+    let next = Atomic<Int>(0)
     DispatchQueue.concurrentPerform(iterations: workers) { worker in
-        for chunk in stride(from: worker, to: chunkCount, by: workers) { body(worker, chunk) }
+        while true {
+            let chunk = next.wrappingAdd(1, ordering: .relaxed).oldValue
+            guard chunk < chunkCount else { return }
+            body(worker, chunk)
+        }
     }
 }
 
 /// One tensor's merge. `prepare` runs the whole-tensor passes a method needs (TIES thresholds,
 /// DARE's L1 norms); `mergeWindow` then produces the chunks, a window of them at a time, in order.
 public final class TensorMerger: @unchecked Sendable {
+    /// Input pages are released in spans of at least this many elements: each `madvise` makes the
+    /// kernel interrupt the other cores to flush their TLBs, which per 128 Ki-element chunk cost more
+    /// than the pages it freed. (2 Mi elements: 4 MiB of each bf16 input resident at most.)
+    public static let releaseSpan = 1 << 21
+    /// Bytes of TIES's select histograms per worker and fine-tune (the first pass's; the second's are half).
+    public static let histogramBytes = HighBitHistograms.bins * 4
+
     public let method: MergeMethod
     public let parameters: TensorMergeParameters
     public let elementCount: Int
@@ -66,9 +92,11 @@ public final class TensorMerger: @unchecked Sendable {
     var thresholds: [MagnitudeThreshold]
     /// Per fine-tune multiplier applied to kept DARE elements.
     var dareScale: [Float]
-    /// Merging state: the next chunk `mergeWindow` expects, and per fine-tune the TIES ties seen so far.
+    /// Merging state: the next chunk `mergeWindow` expects, per fine-tune the TIES ties seen so far,
+    /// and the elements whose input pages were released.
     var nextChunk = 0
     var tiesSeen: [Int]
+    var released = 0
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
                 seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, release: @escaping ChunkReleaser = { _ in }) {
@@ -91,6 +119,27 @@ public final class TensorMerger: @unchecked Sendable {
         (chunk * chunkSize)..<min(elementCount, (chunk + 1) * chunkSize)
     }
 
+    /// How many elements chunk `chunk` holds (the last one may be short).
+    public func chunkElementCount(_ chunk: Int) -> Int { elements(ofChunk: chunk).count }
+
+    /// Calls `body` for consecutive blocks of at most `size` elements covering `range`.
+    @inline(__always)
+    func forEachBlock(of range: Range<Int>, size: Int, _ body: (Range<Int>) -> Void) {
+        for start in stride(from: range.lowerBound, to: range.upperBound, by: size) {
+            body(start..<min(range.upperBound, start + size))
+        }
+    }
+
+    /// Reads fine-tune `model`'s block and subtracts the base block already in `workspace.base`: τᵢ.
+    @inline(__always)
+    func loadTaskVector(_ model: Int, block: Range<Int>, _ workspace: MergeWorkspace) {
+        let tau = workspace.models[model], base = workspace.base
+        read(model, block, tau)
+        for j in 0..<block.count { tau[j] = tau[j] - base[j] }
+    }
+
+    // MARK: - Preparation passes
+
     /// Whether `prepare` has whole-tensor passes to run.
     var needsPreparation: Bool {
         switch method.sparsification {
@@ -99,20 +148,6 @@ public final class TensorMerger: @unchecked Sendable {
         case .none: false
         }
     }
-
-    /// Loads the base chunk and the task vectors τᵢ = θᵢ − θ₀ of `chunk` into `workspace`.
-    func loadTaskVectors(chunk: Int, _ workspace: MergeWorkspace) -> Range<Int> {
-        let range = elements(ofChunk: chunk)
-        read(nil, range, workspace.base)
-        for model in 0..<modelCount {
-            let tau = workspace.models[model]
-            read(model, range, tau)
-            for j in 0..<range.count { tau[j] = tau[j] - workspace.base[j] }
-        }
-        return range
-    }
-
-    // MARK: - Preparation passes
 
     /// Runs the whole-tensor passes: radix select for TIES, norms for L1-rescaled DARE.
     public func prepare(threads: Int, workspaces: [MergeWorkspace]) {
@@ -124,161 +159,210 @@ public final class TensorMerger: @unchecked Sendable {
         }
     }
 
+    /// One pass over the tensor: `body(worker, chunk)` for every chunk, on the workers, releasing the
+    /// inputs' pages a span at a time.
+    private func sweep(threads: Int, workers: Int, _ body: (_ worker: Int, _ chunk: Int) -> Void) {
+        let perSpan = max(workers, Self.releaseSpan / chunkSize)
+        for first in stride(from: 0, to: chunkCount, by: perSpan) {
+            let count = min(perSpan, chunkCount - first)
+            forEachChunk(count, threads: min(threads, workers)) { worker, index in body(worker, first + index) }
+            release(elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound)
+        }
+    }
+
     private func prepareMagnitude(threads: Int, workspaces: [MergeWorkspace]) {
         precondition(elementCount < Int(UInt32.max), "TIES histograms count at most 2³² − 1 elements per tensor")
         let workers = workspaces.count
-        let targets: [Int] = parameters.densities.map { $0 >= 1 ? -1 : Int($0 * Double(elementCount)) }
+        let ranks: [Int] = parameters.densities.map { $0 >= 1 ? -1 : Int($0 * Double(elementCount)) }
+        let selecting = (0..<modelCount).filter { ranks[$0] > 0 }
+        for model in 0..<modelCount where ranks[model] <= 0 {
+            thresholds[model] = ranks[model] < 0 ? .keepEverything : .keepNothing
+        }
+        guard !selecting.isEmpty else { return }
 
-        // Pass 1: histogram of the high 16 bits of |τ| per fine-tune.
-        var high = Array(repeating: Array(repeating: Histogram16(), count: modelCount), count: workers)
-        high.withUnsafeMutableBufferPointer { perWorker in
-            forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
-                let range = loadTaskVectors(chunk: chunk, workspaces[worker])
-                defer { release(range) }
-                for model in 0..<modelCount where targets[model] > 0 {
-                    let tau = workspaces[worker].models[model]
-                    perWorker[worker][model].counts.withUnsafeMutableBufferPointer { counts in
-                        for j in 0..<range.count { counts[Int(magnitudeBits(tau[j]) >> 16)] += 1 }
-                    }
+        // Pass 1: high 16 bits of |τ|, split into exact and inexact elements. Histogram worker·T + i.
+        let high = HighBitHistograms(count: workers * modelCount)
+        defer { high.deallocate() }
+        sweep(threads: threads, workers: workers) { worker, chunk in
+            let workspace = workspaces[worker]
+            forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
+                read(nil, block, workspace.base)
+                for model in selecting {
+                    read(model, block, workspace.models[model])
+                    high.add(worker * modelCount + model, theta: workspace.models[model], base: workspace.base, n: block.count, keys: workspace.keys)
                 }
             }
         }
-        var highBin = [Int](repeating: 0, count: modelCount)
-        var aboveHigh = [Int](repeating: 0, count: modelCount)
-        for model in 0..<modelCount where targets[model] > 0 {
-            var total = Histogram16()
-            for worker in 0..<workers { total.add(high[worker][model]) }
-            (highBin[model], aboveHigh[model]) = total.binHolding(rank: targets[model])
+        var refine: [(model: Int, bin: Int, above: Int)] = []
+        for model in selecting {
+            for worker in 1..<max(1, workers) { high.accumulate(worker * modelCount + model, into: model) }
+            let (threshold, bin, above) = high.select(model, rank: ranks[model])
+            if let threshold { thresholds[model] = threshold } else { refine.append((model, bin, above)) }
         }
+        guard !refine.isEmpty else { return }
 
-        // Pass 2: histogram of the low 16 bits among elements in the selected high bin.
-        var low = Array(repeating: Array(repeating: Histogram16(), count: modelCount), count: workers)
-        low.withUnsafeMutableBufferPointer { perWorker in
-            forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
-                let range = loadTaskVectors(chunk: chunk, workspaces[worker])
-                defer { release(range) }
-                for model in 0..<modelCount where targets[model] > 0 {
-                    let tau = workspaces[worker].models[model]
-                    let bin = UInt32(highBin[model])
-                    perWorker[worker][model].counts.withUnsafeMutableBufferPointer { counts in
-                        for j in 0..<range.count {
-                            let bits = magnitudeBits(tau[j])
-                            if bits >> 16 == bin { counts[Int(bits & 0xFFFF)] += 1 }
-                        }
-                    }
+        // Pass 2, only where the rank fell among a bin's inexact elements: the low 16 bits within that bin.
+        let low = LowBitHistograms(count: workers * modelCount)
+        defer { low.deallocate() }
+        sweep(threads: threads, workers: workers) { worker, chunk in
+            let workspace = workspaces[worker]
+            forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
+                read(nil, block, workspace.base)
+                for (model, bin, _) in refine {
+                    read(model, block, workspace.models[model])
+                    low.add(worker * modelCount + model, bin: UInt32(bin), theta: workspace.models[model], base: workspace.base, n: block.count)
                 }
             }
         }
-        for model in 0..<modelCount {
-            if targets[model] < 0 { thresholds[model] = .keepEverything; continue }
-            if targets[model] == 0 {
-                thresholds[model] = MagnitudeThreshold(thresholdBits: 0, keptAtThreshold: 0, dropsSomeTies: false, keepAll: false, keepNone: true)
-                continue
-            }
-            var total = Histogram16()
-            for worker in 0..<workers { total.add(low[worker][model]) }
-            let (lowBin, aboveLow) = total.binHolding(rank: targets[model] - aboveHigh[model])
-            let kept = targets[model] - aboveHigh[model] - aboveLow
-            thresholds[model] = MagnitudeThreshold(
-                thresholdBits: UInt32(highBin[model]) << 16 | UInt32(lowBin), keptAtThreshold: kept,
-                dropsSomeTies: kept < Int(total.counts[lowBin]), keepAll: false, keepNone: false)
+        for (model, bin, above) in refine {
+            for worker in 1..<max(1, workers) { low.accumulate(worker * modelCount + model, into: model) }
+            thresholds[model] = low.select(model, bin: bin, rank: ranks[model], above: above)
         }
     }
 
     /// DARE with L1 rescaling: the multiplier ‖τ‖₁ / ‖τ ⊙ m‖₁ needs both norms over the whole tensor.
-    /// Partial sums are kept per chunk in f64 and added in chunk order, so the result is the same for any thread count.
+    /// Partial sums are kept per block in f64 and added in element order, so the result is the same
+    /// for any thread count or chunking.
     private func prepareL1Rescale(threads: Int, workspaces: [MergeWorkspace]) {
         let workers = workspaces.count
-        var partial = Array(repeating: [(full: Double, kept: Double)](repeating: (0, 0), count: chunkCount), count: modelCount)
-        partial.withUnsafeMutableBufferPointer { perModel in
-            forEachChunk(chunkCount, threads: min(threads, workers)) { worker, chunk in
-                let range = loadTaskVectors(chunk: chunk, workspaces[worker])
-                defer { release(range) }
-                for model in 0..<modelCount where parameters.densities[model] < 1 {
-                    let tau = workspaces[worker].models[model]
+        let blockSize = workspaces[0].blockSize
+        let dropping = (0..<modelCount).filter { parameters.densities[$0] < 1 }
+        let blocksPerChunk = (chunkSize + blockSize - 1) / blockSize
+        // Per fine-tune and block: (Σ|τ|, Σ|τ|·m) over the block.
+        let partial = UnsafeMutablePointer<(full: Double, kept: Double)>.allocate(capacity: modelCount * chunkCount * blocksPerChunk)
+        partial.initialize(repeating: (0, 0), count: modelCount * chunkCount * blocksPerChunk)
+        defer { partial.deallocate() }
+        sweep(threads: threads, workers: workers) { worker, chunk in
+            let workspace = workspaces[worker]
+            let chunkRange = elements(ofChunk: chunk)
+            forEachBlock(of: chunkRange, size: blockSize) { block in
+                read(nil, block, workspace.base)
+                let blockIndex = chunk * blocksPerChunk + (block.lowerBound - chunkRange.lowerBound) / blockSize
+                for model in dropping {
+                    loadTaskVector(model, block: block, workspace)
+                    let tau = workspace.models[model], mask = workspace.scratch
+                    dropout[model].fillMask(mask, elements: block, threshold: DropoutStream.keepThreshold(density: parameters.densities[model]))
                     var full = 0.0, kept = 0.0
-                    let mask = workspaces[worker].scratch
-                    dropout[model].fillMask(mask, elements: range, threshold: DropoutStream.keepThreshold(density: parameters.densities[model]))
-                    for j in 0..<range.count {
+                    for j in 0..<block.count {
                         let magnitude = Double(abs(tau[j]))
                         full += magnitude
                         kept += magnitude * Double(mask[j])
                     }
-                    perModel[model][chunk] = (full, kept)
+                    partial[model * chunkCount * blocksPerChunk + blockIndex] = (full, kept)
                 }
             }
         }
-        for model in 0..<modelCount where parameters.densities[model] < 1 {
-            let full = partial[model].reduce(0) { $0 + $1.full }
-            let kept = partial[model].reduce(0) { $0 + $1.kept }
+        for model in dropping {
+            var full = 0.0, kept = 0.0
+            for i in 0..<(chunkCount * blocksPerChunk) {
+                full += partial[model * chunkCount * blocksPerChunk + i].full
+                kept += partial[model * chunkCount * blocksPerChunk + i].kept
+            }
             dareScale[model] = kept > 0 ? Float(full / kept) : 1
         }
     }
 
     // MARK: - Merging
 
-    /// Merges chunks `first ..< first + outputs.count` (one per workspace and output buffer, chunk-sized
-    /// f32) on up to `threads` workers. Windows must come in order: where TIES drops some of the elements
-    /// tied at its threshold, which ones depends on how many ties earlier chunks held, so each window
-    /// first loads its chunks and counts their ties, then sparsifies and combines them.
-    public func mergeWindow(first: Int, workspaces: [MergeWorkspace], outputs: [UnsafeMutablePointer<Float>], threads: Int) {
+    /// Merges chunks `first ..< first + count` on up to `threads` workers (one workspace each), handing
+    /// each finished block to `emit` with the chunk's slot in the window. Windows must come in order: where TIES drops
+    /// some of the elements tied at its threshold, which ones depends on how many ties earlier chunks
+    /// held. While more ties remain to keep than the window has elements, all of its ties are kept and
+    /// counted as it merges; only a window that may hold the last kept tie counts its ties first.
+    public func mergeWindow(first: Int, count: Int, workspaces: [MergeWorkspace], threads: Int, emit: BlockEmitter) {
         precondition(first == nextChunk, "windows must be merged in order")
-        let count = outputs.count
+        let threads = min(threads, workspaces.count)
+        let windowElements = elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound
+        var countFirst: [Int] = []
+        var countWhileMerging = [Bool](repeating: false, count: modelCount)
+        for model in 0..<modelCount where thresholds[model].dropsSomeTies {
+            let remaining = thresholds[model].keptAtThreshold - tiesSeen[model]
+            if remaining >= windowElements.count { countWhileMerging[model] = true } else if remaining > 0 { countFirst.append(model) }
+        }
         var tieCounts = Array(repeating: [Int](repeating: 0, count: modelCount), count: count)
-        tieCounts.withUnsafeMutableBufferPointer { counts in
-            forEachChunk(count, threads: threads) { _, slot in
-                counts[slot] = load(chunk: first + slot, workspaces[slot])
+        if !countFirst.isEmpty {
+            tieCounts.withUnsafeMutableBufferPointer { counts in
+                forEachChunk(count, threads: threads) { worker, slot in
+                    counts[slot] = countTies(chunk: first + slot, models: countFirst, workspaces[worker])
+                }
             }
         }
-        release(elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound)
         var tieRanges: [[Range<Int>]] = []
         for slot in 0..<count {
             tieRanges.append((0..<modelCount).map { model in
                 let before = tiesSeen[model]
-                tiesSeen[model] += tieCounts[slot].isEmpty ? 0 : tieCounts[slot][model]
+                tiesSeen[model] += tieCounts[slot][model]
                 return before..<tiesSeen[model]
             })
         }
-        forEachChunk(count, threads: threads) { _, slot in
-            combine(chunk: first + slot, workspaces[slot], ties: tieRanges[slot], into: outputs[slot])
+        var merged = Array(repeating: [Int](repeating: 0, count: modelCount), count: count)
+        merged.withUnsafeMutableBufferPointer { counted in
+            forEachChunk(count, threads: threads) { worker, slot in
+                counted[slot] = mergeChunk(first + slot, workspaces[worker], ties: tieRanges[slot], counting: countWhileMerging) {
+                    offset, values, n in emit(slot, offset, values, n)
+                }
+            }
         }
+        for slot in 0..<count { for model in 0..<modelCount { tiesSeen[model] += merged[slot][model] } }
         nextChunk += count
-    }
-
-    /// Reads a chunk's inputs into `workspace` (τᵢ, or θᵢ for linear) and counts, per fine-tune whose
-    /// threshold drops some ties, the elements tied at it.
-    private func load(chunk: Int, _ workspace: MergeWorkspace) -> [Int] {
-        let range = elements(ofChunk: chunk)
-        if method == .linear {
-            for model in 0..<modelCount { read(model, range, workspace.models[model]) }
-            return []
-        }
-        _ = loadTaskVectors(chunk: chunk, workspace)
-        return thresholds.enumerated().map { model, threshold in
-            guard threshold.dropsSomeTies else { return 0 }
-            let tau = workspace.models[model], bits = threshold.thresholdBits
-            var ties = 0
-            for j in 0..<range.count { ties += magnitudeBits(tau[j]) == bits ? 1 : 0 }
-            return ties
+        if windowElements.upperBound - released >= Self.releaseSpan || windowElements.upperBound == elementCount {
+            release(released..<windowElements.upperBound)
+            released = windowElements.upperBound
         }
     }
 
-    /// Sparsifies the loaded task vectors and combines them into the merged chunk. `ties[i]` numbers the
-    /// elements of this chunk tied at fine-tune i's TIES threshold, counted over the whole tensor.
-    private func combine(chunk: Int, _ workspace: MergeWorkspace, ties: [Range<Int>], into output: UnsafeMutablePointer<Float>) {
-        let range = elements(ofChunk: chunk)
-        let count = range.count
-        if method == .linear { return combineLinear(count: count, workspace, output) }
-        for model in 0..<modelCount {
-            sparsify(model: model, range: range, ties: ties[model], workspace.models[model], scratch: workspace.scratch)
+    /// Per fine-tune in `models`, how many elements of `chunk` are tied at its threshold.
+    private func countTies(chunk: Int, models: [Int], _ workspace: MergeWorkspace) -> [Int] {
+        var ties = [Int](repeating: 0, count: modelCount)
+        forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
+            read(nil, block, workspace.base)
+            for model in models {
+                loadTaskVector(model, block: block, workspace)
+                let tau = workspace.models[model], bits = thresholds[model].thresholdBits
+                var equal: UInt32 = 0
+                for j in 0..<block.count { equal &+= magnitudeBits(tau[j]) == bits ? 1 : 0 }
+                ties[model] += Int(equal)
+            }
         }
+        return ties
+    }
+
+    /// Merges one chunk block by block. `ties[i]` numbers the chunk's elements tied at fine-tune i's
+    /// TIES threshold, counted over the whole tensor; where `counting[i]`, all ties are kept and the
+    /// returned array counts them instead.
+    private func mergeChunk(_ chunk: Int, _ workspace: MergeWorkspace, ties: [Range<Int>], counting: [Bool],
+                            emit: (Int, UnsafePointer<Float>, Int) -> Void) -> [Int] {
+        let range = elements(ofChunk: chunk)
+        var counted = [Int](repeating: 0, count: modelCount)
+        // Where a chunk holds the last kept tie, the ties seen so far carry from block to block.
+        var tiesBefore = ties.map(\.lowerBound)
+        forEachBlock(of: range, size: workspace.blockSize) { block in
+            if method == .linear {
+                for model in 0..<modelCount { read(model, block, workspace.models[model]) }
+                combineLinear(count: block.count, workspace)
+            } else {
+                read(nil, block, workspace.base)
+                for model in 0..<modelCount {
+                    loadTaskVector(model, block: block, workspace)
+                    counted[model] += sparsify(model: model, block: block, ties: ties[model], tiesBefore: &tiesBefore[model],
+                                               counting: counting[model], workspace)
+                }
+                combine(count: block.count, workspace)
+            }
+            emit(block.lowerBound - range.lowerBound, workspace.output, block.count)
+        }
+        return counted
+    }
+
+    /// Combines the block's sparsified task vectors into the merged block, in `workspace.output`.
+    private func combine(count: Int, _ workspace: MergeWorkspace) {
         let weights = parameters.weights
         let acc = workspace.accumulator
         let div = workspace.divisor
         if method.electsSign {
             // dᵢ = wᵢ·τ̂ᵢ; the majority sign is the sign of Σdᵢ (≥ 0 → +); only dᵢ of that sign are summed,
             // and with normalize divided by the sum of their weights. Loops run model by model over
-            // the chunk so they vectorise; the additions happen in the reference's order per element.
+            // the block so they vectorise; the additions happen in the reference's order per element.
             let sum = workspace.scratch
             sum.update(repeating: 0, count: count)
             acc.update(repeating: 0, count: count)
@@ -312,13 +396,13 @@ public final class TensorMerger: @unchecked Sendable {
                 for j in 0..<count { acc[j] = acc[j] / total }
             }
         }
-        let lambda = parameters.lambda, base = workspace.base
+        let lambda = parameters.lambda, base = workspace.base, output = workspace.output
         for j in 0..<count { output[j] = base[j] + lambda * acc[j] }
     }
 
     /// linear: Σwᵢθᵢ, divided by Σwᵢ when normalising. The base model takes no part.
-    private func combineLinear(count: Int, _ workspace: MergeWorkspace, _ output: UnsafeMutablePointer<Float>) {
-        let acc = workspace.accumulator
+    private func combineLinear(count: Int, _ workspace: MergeWorkspace) {
+        let acc = workspace.accumulator, output = workspace.output
         acc.update(repeating: 0, count: count)
         for model in 0..<modelCount {
             let theta = workspace.models[model], w = parameters.weights[model]
@@ -328,18 +412,30 @@ public final class TensorMerger: @unchecked Sendable {
         for j in 0..<count { output[j] = parameters.normalize ? acc[j] / total : acc[j] }
     }
 
-    /// Zeroes the elements of τ that the method drops, rescaling DARE's survivors.
-    private func sparsify(model: Int, range: Range<Int>, ties: Range<Int>, _ tau: UnsafeMutablePointer<Float>,
-                          scratch: UnsafeMutablePointer<Float>) {
+    /// Zeroes the elements of the block's τ that the method drops, rescaling DARE's survivors.
+    /// `ties` are the chunk's tied elements' numbers; `tiesBefore` counts the ties before this block.
+    /// With `counting`, every tie is kept and the number of them is returned.
+    private func sparsify(model: Int, block: Range<Int>, ties: Range<Int>, tiesBefore: inout Int, counting: Bool,
+                          _ workspace: MergeWorkspace) -> Int {
+        let tau = workspace.models[model]
         let density = parameters.densities[model]
         switch method.sparsification {
         case .none:
-            return
+            return 0
         case .magnitude:
             let threshold = thresholds[model]
-            if threshold.keepAll { return }
-            if threshold.keepNone { tau.update(repeating: 0, count: range.count); return }
+            if threshold.keepAll { return 0 }
+            if threshold.keepNone { tau.update(repeating: 0, count: block.count); return 0 }
             let bits = threshold.thresholdBits
+            if counting {
+                var equal: UInt32 = 0
+                for j in 0..<block.count {
+                    let magnitude = magnitudeBits(tau[j])
+                    tau[j] = magnitude >= bits ? tau[j] : 0
+                    equal &+= magnitude == bits ? 1 : 0
+                }
+                return Int(equal)
+            }
             // Only the chunk where the kept ties run out needs the serial, counting loop; every other
             // chunk keeps all its ties (|τ| ≥ t) or none (|τ| > t), which are branch-free and vectorise.
             var lowest = bits
@@ -347,30 +443,33 @@ public final class TensorMerger: @unchecked Sendable {
                 if ties.lowerBound >= threshold.keptAtThreshold {
                     lowest = bits + 1
                 } else if ties.upperBound > threshold.keptAtThreshold {
-                    var equalSeen = ties.lowerBound
-                    for j in 0..<range.count {
+                    var equalSeen = tiesBefore
+                    for j in 0..<block.count {
                         let magnitude = magnitudeBits(tau[j])
                         let keep = magnitude > bits || (magnitude == bits && equalSeen < threshold.keptAtThreshold)
                         equalSeen += magnitude == bits ? 1 : 0
                         tau[j] = keep ? tau[j] : 0
                     }
-                    return
+                    tiesBefore = equalSeen
+                    return 0
                 }
             }
-            for j in 0..<range.count { tau[j] = magnitudeBits(tau[j]) >= lowest ? tau[j] : 0 }
+            for j in 0..<block.count { tau[j] = magnitudeBits(tau[j]) >= lowest ? tau[j] : 0 }
+            return 0
         case .random:
-            guard density < 1 else { return }
-            let mask = scratch
-            dropout[model].fillMask(mask, elements: range, threshold: DropoutStream.keepThreshold(density: density))
+            guard density < 1 else { return 0 }
+            let mask = workspace.scratch
+            dropout[model].fillMask(mask, elements: block, threshold: DropoutStream.keepThreshold(density: density))
             switch parameters.rescale {
             case .density:
                 // (τ·m)/density, in that order, as the reference computes it.
                 let d = Float(density)
-                for j in 0..<range.count { tau[j] = (tau[j] * mask[j]) / d }
+                for j in 0..<block.count { tau[j] = (tau[j] * mask[j]) / d }
             case .l1, .none:
                 let scale = parameters.rescale == .none ? 1 : dareScale[model]
-                for j in 0..<range.count { tau[j] = (tau[j] * mask[j]) * scale }
+                for j in 0..<block.count { tau[j] = (tau[j] * mask[j]) * scale }
             }
+            return 0
         }
     }
 }

@@ -58,6 +58,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     try fileManager.createDirectory(atPath: out + "/.streammerge", withIntermediateDirectories: true)
     // Journaled before any work, so a run killed while training (before its first layer) can resume.
     if journalBefore == nil { try journal.save(in: out) }
+    let journalWriter = JournalWriter(directory: out)
     let scratch = options.scratchDirectory ?? out + "/.streammerge/scratch"
     let distiller = try plan.config.distill.map { settings in
         try makeDataDrivenRunner(plan: plan, settings: settings, scratch: scratch, threads: options.threads, journal: journal, options: options)
@@ -70,13 +71,11 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
                     expectedPrefixHash: journal.shard_prefix_xxh3_128)
     var tensorHashes = journal.tensor_hashes
     var finishedShards = journal.finished_shards
-    let workspaces = (0..<workers).map { _ in MergeWorkspace(modelCount: plan.models.count, chunkSize: plan.chunkSize) }
-    let buffers = (0..<workers).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: plan.chunkSize) }
-    let bytesOut = (0..<2 * workers).map { _ in UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * 8, alignment: 64) }
-    defer {
-        buffers.forEach { $0.deallocate() }
-        bytesOut.forEach { $0.deallocate() }
+    let workspaces = (0..<workers).map { _ in MergeWorkspace(modelCount: plan.models.count) }
+    let bytesOut = (0..<2 * MergePlan.windowChunks(workers: workers)).map { _ in
+        UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * 8, alignment: 64)
     }
+    defer { bytesOut.forEach { $0.deallocate() } }
 
     for (layerNumber, layer) in plan.layers.enumerated() {
         guard layer.tensors.upperBound > journal.tensors_done else { continue }
@@ -91,13 +90,12 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
                     config_xxh3_128: configHash, inputs: inputs, tensors_done: index, shard: shardIndex,
                     shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
                     finished_shards: finishedShards, tensor_hashes: tensorHashes, layer_statistics: distiller?.statistics, layer_timings: distiller?.timings)
-                try journal.save(in: out)
+                try journalWriter.save(journal)
             }
             let hash = if let values = trained?[tensor.canonicalName] {
                 try writeTrainedTensor(values, tensor, plan: plan, writer: writer, bytes: bytesOut[0])
             } else {
-                try mergeTensor(tensor, plan: plan, writer: writer, workers: workers,
-                                workspaces: workspaces, buffers: buffers, bytesOut: bytesOut)
+                try mergeTensor(tensor, plan: plan, writer: writer, workers: workers, workspaces: workspaces, bytesOut: bytesOut)
             }
             tensorHashes.append(Manifest.TensorRecord(
                 name: tensor.name, file: plan.shards[shardIndex].fileName, dtype: tensor.outputDType.rawValue,
@@ -115,12 +113,17 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
             config_xxh3_128: configHash, inputs: inputs, tensors_done: layer.tensors.upperBound, shard: writer.shardIndex,
             shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
             finished_shards: finishedShards, tensor_hashes: tensorHashes, layer_statistics: distiller?.statistics, layer_timings: distiller?.timings)
-        try journal.save(in: out)
-        distiller?.layerCommitted(layer.key)
+        try journalWriter.save(journal)
+        if let distiller {
+            // The layer's cached activations go only once the journal no longer needs them for a resume.
+            try journalWriter.finish()
+            distiller.layerCommitted(layer.key)
+        }
         releaseFreedTensorMemory()
         options.progress?(layerNumber + 1, plan.layers.count, writer.totalWritten)
     }
     finishedShards.append(try writer.commit())
+    try journalWriter.finish()
 
     var outputs = finishedShards
     if plan.shards.count > 1 { outputs.append(try writeIndex(plan, directory: out)) }
@@ -210,11 +213,11 @@ private final class InputHasher: @unchecked Sendable {
     }
 }
 
-/// Merges one tensor in windows of `workers` chunks: workers merge and convert in parallel, then the
-/// chunks are written and hashed in order. Returns the tensor's XXH3-64.
+/// Merges one tensor in windows of chunks: workers merge and convert to the output dtype in
+/// parallel, then the chunks are written and hashed in order. Returns the tensor's XXH3-64.
 private func mergeTensor(
     _ tensor: PlannedTensor, plan: MergePlan, writer: ShardStreamWriter, workers: Int,
-    workspaces: [MergeWorkspace], buffers: [UnsafeMutablePointer<Float>], bytesOut: [UnsafeMutableRawPointer]
+    workspaces: [MergeWorkspace], bytesOut: [UnsafeMutableRawPointer]
 ) throws -> String {
     let hasher = XXH3Hasher(.bits64)
     let sources: [(SafetensorsFile, TensorInfo)] =
@@ -251,21 +254,18 @@ private func mergeTensor(
     // so computing and writing overlap. Each set is reused only after its previous write finished.
     let outputSize = tensor.outputDType.size
     let pipeline = WritePipeline(writer: writer, hasher: hasher)
-    for (window, windowStart) in stride(from: 0, to: merger.chunkCount, by: workers).enumerated() {
-        let set = window % 2
+    let window = bytesOut.count / 2
+    for (index, windowStart) in stride(from: 0, to: merger.chunkCount, by: window).enumerated() {
+        let set = index % 2
         pipeline.waitUntilDrained(set)
         try pipeline.rethrow()
-        let inWindow = min(workers, merger.chunkCount - windowStart)
-        merger.mergeWindow(first: windowStart, workspaces: Array(workspaces[0..<inWindow]),
-                           outputs: Array(buffers[0..<inWindow]), threads: workers)
-        var pieces = [UnsafeRawBufferPointer](repeating: UnsafeRawBufferPointer(start: nil, count: 0), count: inWindow)
-        pieces.withUnsafeMutableBufferPointer { slots in
-            forEachChunk(inWindow, threads: workers) { _, slot in
-                let count = min(plan.chunkSize, tensor.elementCount - (windowStart + slot) * plan.chunkSize)
-                let destination = bytesOut[set * workers + slot]
-                convertFromFloat(destination, from: buffers[slot], dtype: tensor.outputDType, count: count)
-                slots[slot] = UnsafeRawBufferPointer(start: destination, count: count * outputSize)
-            }
+        let inWindow = min(window, merger.chunkCount - windowStart)
+        let destinations = Array(bytesOut[set * window..<set * window + inWindow])
+        merger.mergeWindow(first: windowStart, count: inWindow, workspaces: workspaces, threads: workers) { slot, offset, values, count in
+            convertFromFloat(destinations[slot] + offset * outputSize, from: values, dtype: tensor.outputDType, count: count)
+        }
+        let pieces = (0..<inWindow).map { slot in
+            UnsafeRawBufferPointer(start: destinations[slot], count: merger.chunkElementCount(windowStart + slot) * outputSize)
         }
         pipeline.write(pieces, set: set)
     }

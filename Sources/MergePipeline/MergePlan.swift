@@ -56,6 +56,10 @@ public struct MergePlan: @unchecked Sendable {
     /// not depend on it.
     public static let defaultChunkSize = 1 << 17
 
+    /// Chunks merged per window: several per worker, so that the barrier at each window's end (the
+    /// chunks are written in order) rarely leaves a worker idle.
+    public static func windowChunks(workers: Int) -> Int { 4 * workers }
+
     /// Opens every input (headers only: tensor data is mapped, not read) and plans the merge.
     /// - Throws: `SafetensorsError` or `MergeError` naming the file and tensor at fault.
     public init(config: MergeConfig, shardSize: Int? = nil, chunkSize: Int = MergePlan.defaultChunkSize) throws {
@@ -196,14 +200,17 @@ public struct MergePlan: @unchecked Sendable {
     public var inputBytes: Int { (base.map { [$0] } ?? []).reduce(0) { $0 + $1.byteCount } + models.reduce(0) { $0 + $1.byteCount } }
     public var outputBytes: Int { shards.reduce(0) { $0 + $1.layout.fileSize } }
 
-    /// Peak memory the data-free executor needs with `threads` workers: per worker one chunk of every
-    /// input plus scratch, the output chunk in f32 and converted, and what the process itself holds.
+    /// Peak memory the data-free executor needs with `threads` workers: per worker its block scratch and
+    /// two windows of converted output (one being written while the next is merged), TIES's histograms,
+    /// the input pages read since the last release, and what the process itself holds.
     public func estimatedPeakBytes(threads: Int) -> Int {
-        let perWorker = MergeWorkspace.byteCount(modelCount: models.count, chunkSize: chunkSize) + chunkSize * (4 + 2 * 8)
-        // Each worker can also hold up to one chunk of mapped input pages per model not yet released.
-        let mappedInFlight = (models.count + 1) * chunkSize * 4
+        let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + 2 * Self.windowChunks(workers: 1) * chunkSize * 8
+        let histograms = config.method == .ties ? threads * models.count * TensorMerger.histogramBytes : 0
+        // Every input keeps up to one release span (and the window in flight) of mapped pages resident.
+        let widest = ((base.map { [$0] } ?? []) + models).flatMap(\.files).flatMap(\.tensors).map(\.dtype.size).max() ?? 4
+        let mappedInFlight = (models.count + 1) * (TensorMerger.releaseSpan + Self.windowChunks(workers: threads) * chunkSize) * widest
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
-        return Self.processBaseline + threads * (perWorker + mappedInFlight) + headerBytes + distillPeakBytes(threads: threads)
+        return Self.processBaseline + threads * perWorker + histograms + mappedInFlight + headerBytes + distillPeakBytes(threads: threads)
     }
 
     /// A data-driven method's working set (zero for data-free methods or a base without a runnable architecture):

@@ -5,7 +5,7 @@ import Testing
 /// Runs one tensor's merge over in-memory inputs with the given chunk size and thread count.
 func mergeInMemory(
     _ method: MergeMethod, base: [Float], models: [[Float]], parameters: TensorMergeParameters,
-    chunkSize: Int = 64, threads: Int = 1, seed: UInt64 = 0, name: String = "layers.0.mlp.up_proj.weight"
+    chunkSize: Int = 64, blockSize: Int = 16, threads: Int = 1, seed: UInt64 = 0, name: String = "layers.0.mlp.up_proj.weight"
 ) -> [Float] {
     let inputs = [base] + models
     let read: ChunkReader = { model, elements, destination in
@@ -14,17 +14,16 @@ func mergeInMemory(
     }
     let merger = TensorMerger(method: method, parameters: parameters, elementCount: base.count, canonicalName: name,
                               seed: seed, chunkSize: chunkSize, read: read)
-    let workspaces = (0..<threads).map { _ in MergeWorkspace(modelCount: models.count, chunkSize: chunkSize) }
+    let workspaces = (0..<threads).map { _ in MergeWorkspace(modelCount: models.count, blockSize: blockSize) }
     merger.prepare(threads: threads, workspaces: workspaces)
     var output = [Float](repeating: .nan, count: base.count)
-    let buffers = (0..<threads).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: chunkSize) }
-    defer { buffers.forEach { $0.deallocate() } }
-    for first in stride(from: 0, to: merger.chunkCount, by: threads) {
-        let count = min(threads, merger.chunkCount - first)
-        merger.mergeWindow(first: first, workspaces: Array(workspaces[0..<count]), outputs: Array(buffers[0..<count]), threads: threads)
-        for slot in 0..<count {
-            let chunk = first + slot
-            for j in 0..<min(chunkSize, base.count - chunk * chunkSize) { output[chunk * chunkSize + j] = buffers[slot][j] }
+    output.withUnsafeMutableBufferPointer { out in
+        // Windows of more chunks than workers, as the executor merges them.
+        for first in stride(from: 0, to: merger.chunkCount, by: 3 * threads) {
+            let count = min(3 * threads, merger.chunkCount - first)
+            merger.mergeWindow(first: first, count: count, workspaces: workspaces, threads: threads) { slot, offset, values, n in
+                for j in 0..<n { out[(first + slot) * chunkSize + offset + j] = values[j] }
+            }
         }
     }
     return output
@@ -107,6 +106,40 @@ struct IdentityTests {
                                    chunkSize: chunkSize, threads: 2)
         let order = (0..<1600).sorted { (abs(tau[$0]), -$0) > (abs(tau[$1]), -$1) }
         #expect(Set((0..<1600).filter { merged[$0] != 0 }) == Set(order.prefix(480)))
+    }
+
+    @Test("TIES's threshold is exact when the k-th |τ| is bf16-exact (one pass) and when it is not (two)",
+          arguments: [0.35, 0.6, 0.9])
+    func tiesExactAndInexactBins(density: Double) {
+        // 5,000 elements of 0.5; 3,000 distinct values just above 0.25 (same high 16 bits, low bits set);
+        // 6,000 of exactly 0.25; 6,000 of 0.1. Density 0.35 puts the k-th largest among the inexact ones
+        // (second pass); 0.6 among the exact 0.25s (one pass, 4,000 of 6,000 ties kept, in index order,
+        // across windows where ties are counted while merging and where they are counted first); 0.9 below.
+        let n = 20000
+        var tau = [Float](repeating: 0.1, count: n)
+        var slots = Array(0..<n)
+        var state: UInt64 = 7
+        for i in stride(from: n - 1, to: 0, by: -1) {
+            state = splitMix64(state)
+            slots.swapAt(i, Int(state % UInt64(i + 1)))
+        }
+        for (position, j) in slots.enumerated() {
+            switch position {
+            case ..<5000: tau[j] = 0.5
+            case ..<8000: tau[j] = Float(bitPattern: Float(0.25).bitPattern + UInt32(1 + position % 4000))
+            case ..<14000: tau[j] = 0.25
+            default: break
+            }
+            if position % 3 == 0 { tau[j] = -tau[j] }
+        }
+        let base = [Float](repeating: 0, count: n)
+        let k = Int(density * Double(n))
+        let order = (0..<n).sorted { (abs(tau[$0]), -$0) > (abs(tau[$1]), -$1) }
+        let parameters = TensorMergeParameters(weights: [1], densities: [density], lambda: 1, normalize: false)
+        for (chunkSize, threads) in [(64, 2), (20000, 1), (333, 3)] {
+            let merged = mergeInMemory(.ties, base: base, models: [tau], parameters: parameters, chunkSize: chunkSize, threads: threads)
+            #expect(Set((0..<n).filter { merged[$0] != 0 }) == Set(order.prefix(k)), "chunk \(chunkSize), threads \(threads)")
+        }
     }
 
     @Test("Output does not depend on chunk size or thread count", arguments: MergeMethod.allCases)
