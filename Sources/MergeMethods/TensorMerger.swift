@@ -13,7 +13,8 @@ public typealias ChunkReleaser = @Sendable (_ elements: Range<Int>) -> Void
 /// element's offset within that chunk, and its `count` values. Called on the worker that merged it.
 public typealias BlockEmitter = (_ slot: Int, _ offset: Int, _ values: UnsafePointer<Float>, _ count: Int) -> Void
 
-/// Per-thread scratch: one block of the base, of each fine-tune, of three running sums, of the output and of histogram keys.
+/// Per-thread scratch: one block of the base, of each fine-tune, of three running sums and of the
+/// output, and one block of histogram keys per fine-tune.
 /// A block is small enough that all of them stay in the core's cache while a chunk is merged.
 public final class MergeWorkspace: @unchecked Sendable {
     public static let defaultBlockSize = 4096
@@ -34,7 +35,7 @@ public final class MergeWorkspace: @unchecked Sendable {
         divisor = .allocate(capacity: blockSize)
         scratch = .allocate(capacity: blockSize)
         output = .allocate(capacity: blockSize)
-        keys = .allocate(capacity: blockSize)
+        keys = .allocate(capacity: modelCount * blockSize)
     }
 
     deinit {
@@ -48,7 +49,7 @@ public final class MergeWorkspace: @unchecked Sendable {
     }
 
     /// Bytes held, for memory estimates.
-    public static func byteCount(modelCount: Int, blockSize: Int = defaultBlockSize) -> Int { (modelCount + 6) * blockSize * 4 }
+    public static func byteCount(modelCount: Int, blockSize: Int = defaultBlockSize) -> Int { (2 * modelCount + 5) * blockSize * 4 }
 }
 
 /// Runs `body(worker, chunk)` over `chunkCount` chunks on up to `threads` workers, each taking the next
@@ -183,14 +184,17 @@ public final class TensorMerger: @unchecked Sendable {
         // Pass 1: high 16 bits of |τ|, split into exact and inexact elements. Histogram worker·T + i.
         let high = HighBitHistograms(count: workers * modelCount)
         defer { high.deallocate() }
+        let tables = (0..<workers).map { worker in selecting.map { worker * modelCount + $0 } }
         sweep(threads: threads, workers: workers) { worker, chunk in
             let workspace = workspaces[worker]
             forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
                 read(nil, block, workspace.base)
-                for model in selecting {
+                for (i, model) in selecting.enumerated() {
                     read(model, block, workspace.models[model])
-                    high.add(worker * modelCount + model, theta: workspace.models[model], base: workspace.base, n: block.count, keys: workspace.keys)
+                    HighBitHistograms.keys(theta: workspace.models[model], base: workspace.base, n: block.count,
+                                           into: workspace.keys + i * workspace.blockSize)
                 }
+                high.add(tables[worker], keys: workspace.keys, stride: workspace.blockSize, n: block.count)
             }
         }
         var refine: [(model: Int, bin: Int, above: Int)] = []
