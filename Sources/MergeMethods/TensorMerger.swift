@@ -79,8 +79,9 @@ public final class TensorMerger: @unchecked Sendable {
     /// kernel interrupt the other cores to flush their TLBs, which per 128 Ki-element chunk cost more
     /// than the pages it freed. (2 Mi elements: 4 MiB of each bf16 input resident at most.)
     public static let releaseSpan = 1 << 21
-    /// Bytes of TIES's select histograms per worker and fine-tune (the first pass's; the second's are half).
-    public static let histogramBytes = HighBitHistograms.bins * 4
+    /// Bytes of TIES's select histograms per worker and fine-tune: the first pass's, and the second's
+    /// (65,536 bins) allocated beside them when that pass runs.
+    public static let histogramBytes = (HighBitHistograms.bins + 65536) * 4
 
     public let method: MergeMethod
     public let parameters: TensorMergeParameters
