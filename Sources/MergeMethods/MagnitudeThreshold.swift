@@ -38,32 +38,41 @@ public struct MagnitudeThreshold: Sendable {
 @inline(__always)
 func magnitudeBits(_ value: Float) -> UInt32 { value.bitPattern & 0x7FFF_FFFF }
 
+/// `count` histograms of `bins` 32-bit bins, one per worker and fine-tune, filled independently and
+/// then added up (integer sums: order-free). Both passes of the select use them.
+struct Histograms {
+    let bins: Int
+    let counts: UnsafeMutablePointer<UInt32>
+
+    init(count: Int, bins: Int) {
+        self.bins = bins
+        counts = .allocate(capacity: count * bins)
+        counts.initialize(repeating: 0, count: count * bins)
+    }
+
+    func deallocate() { counts.deallocate() }
+
+    func histogram(_ index: Int) -> UnsafeMutablePointer<UInt32> { counts + index * bins }
+
+    /// Adds histogram `index` into histogram `target`.
+    func accumulate(_ index: Int, into target: Int) {
+        let from = histogram(index), to = histogram(target)
+        for i in 0..<bins { to[i] &+= from[i] }
+    }
+}
+
 /// The first pass of the select: per high-16-bit bin of |τ|, how many elements have all low bits zero
 /// ("exact": their value is the bin's lowest) and how many do not. The exact ones are all tied below
 /// the others of their bin, so when the k-th largest falls among them the threshold is known without
 /// a second pass. Task vectors of bf16 checkpoints are nearly all exact (a difference of two bf16
 /// values with the same exponent fits in bf16), so TIES on them reads its inputs twice, not three times.
-///
-/// Storage is `count` histograms of 2 × 65,536 32-bit bins (bin 2h counts exact, 2h + 1 inexact
-/// elements of high bits h), filled independently and added up (integer sums: order-free).
-struct HighBitHistograms {
-    static let bins = 2 * 65536
-    let counts: UnsafeMutablePointer<UInt32>
-    let count: Int
+/// Bin 2h counts the exact, 2h + 1 the inexact elements of high bits h.
+extension Histograms {
+    static let highBitBins = 2 * 65536
 
-    init(count: Int) {
-        self.count = count
-        counts = .allocate(capacity: count * Self.bins)
-        counts.initialize(repeating: 0, count: count * Self.bins)
-    }
-
-    func deallocate() { counts.deallocate() }
-
-    func histogram(_ index: Int) -> UnsafeMutablePointer<UInt32> { counts + index * Self.bins }
-
-    /// The bin numbers of |θ − θ₀| for `n` elements, in a loop that vectorises.
+    /// The first pass's bin numbers of |θ − θ₀| for `n` elements, in a loop that vectorises.
     @inline(__always)
-    static func keys(theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int, into keys: UnsafeMutablePointer<UInt32>) {
+    static func highBitKeys(theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int, into keys: UnsafeMutablePointer<UInt32>) {
         for j in 0..<n {
             let bits = magnitudeBits(theta[j] - base[j])
             // 2·(bits >> 16), plus 1 when any low bit is set.
@@ -104,15 +113,10 @@ struct HighBitHistograms {
         }
     }
 
-    /// Adds histogram `index` into histogram `into`.
-    func accumulate(_ index: Int, into target: Int) {
-        let from = histogram(index), to = histogram(target)
-        for i in 0..<Self.bins { to[i] &+= from[i] }
-    }
-
-    /// For histogram `index` holding a whole tensor, the threshold keeping the `rank` largest, or — when
-    /// the rank falls among a bin's inexact elements — that bin and how many elements lie above it.
-    func select(_ index: Int, rank: Int) -> (threshold: MagnitudeThreshold?, bin: Int, above: Int) {
+    /// For first-pass histogram `index` holding a whole tensor, the threshold keeping the `rank`
+    /// largest, or — when the rank falls among a bin's inexact elements — that bin and how many
+    /// elements lie above it.
+    func selectByHighBits(_ index: Int, rank: Int) -> (threshold: MagnitudeThreshold?, bin: Int, above: Int) {
         let h = histogram(index)
         var above = 0
         for bin in stride(from: 65535, through: 0, by: -1) {
@@ -127,39 +131,24 @@ struct HighBitHistograms {
     }
 }
 
-/// The second pass, for the task vectors whose rank fell among inexact elements: a 65,536-bin
-/// histogram of the low 16 bits of the elements in the selected high bin.
-struct LowBitHistograms {
-    let counts: UnsafeMutablePointer<UInt32>
-    let count: Int
-
-    init(count: Int) {
-        self.count = count
-        counts = .allocate(capacity: count * 65536)
-        counts.initialize(repeating: 0, count: count * 65536)
-    }
-
-    func deallocate() { counts.deallocate() }
-
-    func histogram(_ index: Int) -> UnsafeMutablePointer<UInt32> { counts + index * 65536 }
+/// The second pass, for the task vectors whose rank fell among inexact elements: 65,536 bins of the
+/// low 16 bits of the elements in the selected high bin.
+extension Histograms {
+    static let lowBitBins = 65536
 
     /// Counts the low bits of |θ − θ₀| for the `n` elements whose high bits are `bin`.
     @inline(__always)
-    func add(_ index: Int, bin: UInt32, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int) {
+    func addLowBits(_ index: Int, bin: UInt32, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int) {
         let h = histogram(index)
         for j in 0..<n {
             let bits = magnitudeBits(theta[j] - base[j])
-            if bits >> 16 == bin { h[Int(bits & 0xFFFF)] += 1 }
+            if bits >> 16 == bin { h[Int(bits & 0xFFFF)] &+= 1 }
         }
     }
 
-    func accumulate(_ index: Int, into target: Int) {
-        let from = histogram(index), to = histogram(target)
-        for i in 0..<65536 { to[i] &+= from[i] }
-    }
-
-    /// The threshold keeping `rank` elements when `above` lie above high bin `bin`.
-    func select(_ index: Int, bin: Int, rank: Int, above: Int) -> MagnitudeThreshold {
+    /// For second-pass histogram `index`, the threshold keeping `rank` elements when `above` lie above
+    /// high bin `bin`.
+    func selectByLowBits(_ index: Int, bin: Int, rank: Int, above: Int) -> MagnitudeThreshold {
         let h = histogram(index)
         var aboveLow = above
         for low in stride(from: 65535, through: 0, by: -1) {

@@ -81,7 +81,7 @@ public final class TensorMerger: @unchecked Sendable {
     public static let releaseSpan = 1 << 21
     /// Bytes of TIES's select histograms per worker and fine-tune: the first pass's, and the second's
     /// (65,536 bins) allocated beside them when that pass runs.
-    public static let histogramBytes = (HighBitHistograms.bins + 65536) * 4
+    public static let histogramBytes = (Histograms.highBitBins + Histograms.lowBitBins) * 4
 
     public let method: MergeMethod
     public let parameters: TensorMergeParameters
@@ -183,7 +183,7 @@ public final class TensorMerger: @unchecked Sendable {
         guard !selecting.isEmpty else { return }
 
         // Pass 1: high 16 bits of |τ|, split into exact and inexact elements. Histogram worker·T + i.
-        let high = HighBitHistograms(count: workers * modelCount)
+        let high = Histograms(count: workers * modelCount, bins: Histograms.highBitBins)
         defer { high.deallocate() }
         let tables = (0..<workers).map { worker in selecting.map { worker * modelCount + $0 } }
         sweep(threads: threads, workers: workers) { worker, chunk in
@@ -192,7 +192,7 @@ public final class TensorMerger: @unchecked Sendable {
                 read(nil, block, workspace.base)
                 for (i, model) in selecting.enumerated() {
                     read(model, block, workspace.models[model])
-                    HighBitHistograms.keys(theta: workspace.models[model], base: workspace.base, n: block.count,
+                    Histograms.highBitKeys(theta: workspace.models[model], base: workspace.base, n: block.count,
                                            into: workspace.keys + i * workspace.blockSize)
                 }
                 high.add(tables[worker], keys: workspace.keys, stride: workspace.blockSize, n: block.count)
@@ -201,13 +201,13 @@ public final class TensorMerger: @unchecked Sendable {
         var refine: [(model: Int, bin: Int, above: Int)] = []
         for model in selecting {
             for worker in 1..<max(1, workers) { high.accumulate(worker * modelCount + model, into: model) }
-            let (threshold, bin, above) = high.select(model, rank: ranks[model])
+            let (threshold, bin, above) = high.selectByHighBits(model, rank: ranks[model])
             if let threshold { thresholds[model] = threshold } else { refine.append((model, bin, above)) }
         }
         guard !refine.isEmpty else { return }
 
         // Pass 2, only where the rank fell among a bin's inexact elements: the low 16 bits within that bin.
-        let low = LowBitHistograms(count: workers * modelCount)
+        let low = Histograms(count: workers * modelCount, bins: Histograms.lowBitBins)
         defer { low.deallocate() }
         sweep(threads: threads, workers: workers) { worker, chunk in
             let workspace = workspaces[worker]
@@ -215,13 +215,13 @@ public final class TensorMerger: @unchecked Sendable {
                 read(nil, block, workspace.base)
                 for (model, bin, _) in refine {
                     read(model, block, workspace.models[model])
-                    low.add(worker * modelCount + model, bin: UInt32(bin), theta: workspace.models[model], base: workspace.base, n: block.count)
+                    low.addLowBits(worker * modelCount + model, bin: UInt32(bin), theta: workspace.models[model], base: workspace.base, n: block.count)
                 }
             }
         }
         for (model, bin, above) in refine {
             for worker in 1..<max(1, workers) { low.accumulate(worker * modelCount + model, into: model) }
-            thresholds[model] = low.select(model, bin: bin, rank: ranks[model], above: above)
+            thresholds[model] = low.selectByLowBits(model, bin: bin, rank: ranks[model], above: above)
         }
     }
 

@@ -50,10 +50,8 @@ public struct MergePlan: @unchecked Sendable {
     public let chunkSize: Int
 
     public static let defaultShardSize = 5_000_000_000
-    /// 128 Ki elements: a worker's arrays for a chunk (base, fine-tunes, sums, mask) stay in its
-    /// L2/L3 cache through the method's several passes over them. Measured on the 1B family
-    /// against 512 Ki: DARE-TIES 25 % and TIES 14 % faster, task arithmetic unchanged; outputs do
-    /// not depend on it.
+    /// 128 Ki elements: the unit handed to a worker and written in order (workers compute inside it
+    /// in cache-sized blocks, `MergeWorkspace.defaultBlockSize`). Outputs do not depend on it.
     public static let defaultChunkSize = 1 << 17
 
     /// Chunks merged per window: several per worker, so that the barrier at each window's end (the
