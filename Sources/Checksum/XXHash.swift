@@ -1,11 +1,24 @@
 // XXHash: the only file that touches libxxhash — streaming and one-shot XXH3-64/128, as hex digests.
 import CXXHash
 
-// The plain (non-`_dispatch`) entry points are used everywhere: mixing the two families in one
-// process slowed the plain ones 3.5× for the rest of the run (TOOLCHAIN.md).
+// On x86-64 every XXH3 call goes to the library's `_dispatch` entry points, which pick the AVX2 or
+// AVX-512 kernel at run time: 4.5× the plain (SSE2) ones on data in cache (98 vs 21.5 GB/s here),
+// which made hashing the largest CPU cost of a merge. Only that family is used: after a `_dispatch`
+// call the plain functions ran 3.5× slower for the rest of the process (TOOLCHAIN.md).
+#if arch(x86_64)
+private let xxh3_64Update = XXH3_64bits_update_dispatch
+private let xxh3_128Update = XXH3_128bits_update_dispatch
+private let xxh3_64Seeded = XXH3_64bits_withSeed_dispatch
+private let xxh3_128OneShot = XXH3_128bits_dispatch
+#else
+private let xxh3_64Update = XXH3_64bits_update
+private let xxh3_128Update = XXH3_128bits_update
+private let xxh3_64Seeded = XXH3_64bits_withSeed
+private let xxh3_128OneShot = XXH3_128bits
+#endif
 
 /// A streaming XXH3 hasher producing a 64-bit or 128-bit digest.
-/// The corresponding C functions are `XXH3_64bits_update` / `XXH3_128bits_update`.
+/// The corresponding C functions are `XXH3_64bits_update` / `XXH3_128bits_update` (`_dispatch` on x86-64).
 public final class XXH3Hasher: @unchecked Sendable {
     public enum Width: Sendable { case bits64, bits128 }
     private let state: OpaquePointer
@@ -30,8 +43,8 @@ public final class XXH3Hasher: @unchecked Sendable {
     public func update(_ bytes: UnsafeRawBufferPointer) {
         guard let base = bytes.baseAddress, bytes.count > 0 else { return }
         switch width {
-        case .bits64: XXH3_64bits_update(state, base, bytes.count)
-        case .bits128: XXH3_128bits_update(state, base, bytes.count)
+        case .bits64: _ = xxh3_64Update(state, base, bytes.count)
+        case .bits128: _ = xxh3_128Update(state, base, bytes.count)
         }
     }
 
@@ -46,9 +59,9 @@ public final class XXH3Hasher: @unchecked Sendable {
     }
 }
 
-/// XXH3-64 of `bytes` with `seed`. The corresponding C function is `XXH3_64bits_withSeed`.
+/// XXH3-64 of `bytes` with `seed`. The corresponding C function is `XXH3_64bits_withSeed` (`_dispatch` on x86-64).
 public func xxh3_64(_ bytes: UnsafeRawBufferPointer, seed: UInt64 = 0) -> UInt64 {
-    XXH3_64bits_withSeed(bytes.baseAddress, bytes.count, seed)
+    xxh3_64Seeded(bytes.baseAddress, bytes.count, seed)
 }
 
 /// XXH3-64 of a string's UTF-8 bytes with `seed`.
@@ -57,9 +70,9 @@ public func xxh3_64(_ string: String, seed: UInt64 = 0) -> UInt64 {
     return copy.withUTF8 { xxh3_64(UnsafeRawBufferPointer($0), seed: seed) }
 }
 
-/// XXH3-128 of `bytes`, as hex. The corresponding C function is `XXH3_128bits`.
+/// XXH3-128 of `bytes`, as hex. The corresponding C function is `XXH3_128bits` (`_dispatch` on x86-64).
 public func xxh3_128Hex(_ bytes: UnsafeRawBufferPointer) -> String {
-    let h = XXH3_128bits(bytes.baseAddress, bytes.count)
+    let h = xxh3_128OneShot(bytes.baseAddress, bytes.count)
     return hex64(h.high64) + hex64(h.low64)
 }
 
