@@ -24,9 +24,11 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
 
+        // Software prefetch, which Swift cannot express.
+        .target(name: "CacheHints"),
         .target(name: "FileIO", swiftSettings: optimize),
         .target(name: "Checksum", dependencies: ["CXXHash"], swiftSettings: optimize),
-        .target(name: "SafetensorsFormat", dependencies: ["FileIO", "Checksum"], swiftSettings: optimize),
+        .target(name: "SafetensorsFormat", dependencies: ["CacheHints", "FileIO", "Checksum"], swiftSettings: optimize),
         .target(name: "TensorKernels", dependencies: ["CBLAS"], swiftSettings: optimize),
         .target(name: "ModelArchitectures", dependencies: ["TensorKernels", "SafetensorsFormat"], swiftSettings: optimize),
         .target(name: "MergeMethods", dependencies: ["Checksum"], swiftSettings: optimize),
