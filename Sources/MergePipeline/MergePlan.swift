@@ -56,7 +56,7 @@ public struct MergePlan: @unchecked Sendable {
 
     /// Chunks merged per window: several per worker, so that the barrier at each window's end (the
     /// chunks are written in order) rarely leaves a worker idle.
-    public static func windowChunks(workers: Int) -> Int { 4 * workers }
+    public static func windowChunks(workers: Int) -> Int { 8 * workers }
 
     /// Opens every input (headers only: tensor data is mapped, not read) and plans the merge.
     /// - Throws: `SafetensorsError` or `MergeError` naming the file and tensor at fault.
