@@ -51,6 +51,7 @@ let package = Package(
             path: "Sources/StreamMergeBench", swiftSettings: optimize),
 
         .target(name: "TestSupport", dependencies: ["SafetensorsFormat"], path: "Tests/TestSupport"),
+        .testTarget(name: "FileIOTests", dependencies: ["FileIO"]),
         .testTarget(name: "SafetensorsFormatTests", dependencies: ["SafetensorsFormat", "TestSupport"]),
         .testTarget(name: "TensorKernelsTests", dependencies: ["TensorKernels", "TestSupport"]),
         .testTarget(name: "ModelArchitecturesTests", dependencies: ["ModelArchitectures", "TestSupport"]),

@@ -4,39 +4,56 @@ import Glibc
 /// A file being written. Bytes go to `<path>.partial`; `commit()` fsyncs and renames it to `path`, so
 /// a file under its final name is always complete. A crashed run leaves only `.partial` files behind,
 /// which `open(resumingAt:)` can continue.
+///
+/// Written `bypassingCache`, the bytes go to the device with `O_DIRECT` (see `DirectWrites`) where
+/// the file system allows it; `flush()` then puts staged bytes into the file.
 public final class OutputFile {
     public let path: String
     public let temporaryPath: String
     private var fd: Int32
+    private let direct: DirectWrites?
     public private(set) var position: Int
     /// Bytes before this offset have been handed to writeback.
     private var writebackStart = 0
 
     /// Creates (truncating) `path + ".partial"`.
-    public init(path: String) throws(SystemError) {
+    public init(path: String, bypassingCache: Bool = false) throws(SystemError) {
         self.path = path
         temporaryPath = path + ".partial"
-        fd = try Syscalls.open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC)
+        fd = try Syscalls.open(temporaryPath, O_RDWR | O_CREAT | O_TRUNC)
         position = 0
+        direct = bypassingCache ? try DirectWrites(path: temporaryPath, at: 0, existing: fd) : nil
     }
 
     /// Reopens an existing `.partial` file, truncated to `offset` bytes, to continue writing after a crash.
-    public init(path: String, resumingAt offset: Int) throws(SystemError) {
+    public init(path: String, resumingAt offset: Int, bypassingCache: Bool = false) throws(SystemError) {
         self.path = path
         temporaryPath = path + ".partial"
-        fd = try Syscalls.open(temporaryPath, O_WRONLY)
+        fd = try Syscalls.open(temporaryPath, O_RDWR)
         try Syscalls.ftruncate(fd, offset, path: temporaryPath)
         try Syscalls.lseek(fd, offset, path: temporaryPath)
         position = offset
         writebackStart = offset
+        direct = bypassingCache ? try DirectWrites(path: temporaryPath, at: offset, existing: fd) : nil
     }
 
     deinit {
         if fd >= 0 { Syscalls.close(fd) }
     }
 
-    /// Writes all of `bytes`, looping over short writes.
+    /// Memory a file written `bypassingCache` holds for staging, for estimates.
+    public static let directStagingBytes = DirectWrites.stagingSize
+
+    /// Whether bytes go to the device directly (`bypassingCache` was asked for and the file system allows it).
+    public var isDirect: Bool { direct != nil }
+
+    /// Writes all of `bytes` (direct: stages them, writing whole staging buffers).
     public func write(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        if let direct {
+            try direct.write(bytes)
+            position += bytes.count
+            return
+        }
         guard var next = bytes.baseAddress else { return }
         var remaining = bytes.count
         while remaining > 0 {
@@ -47,9 +64,11 @@ public final class OutputFile {
         position += bytes.count
     }
 
-    /// Starts writing everything written so far to disk, without waiting. Called as a merge goes so
-    /// that the final fsync finds little left to do, instead of the whole file.
-    public func startWriteback() {
+    /// Makes every byte written so far part of the file (a killed process loses none of them), and
+    /// starts writing cached ones to disk without waiting, so that the final fsync finds little left
+    /// to do instead of the whole file.
+    public func flush() throws(SystemError) {
+        if let direct { try direct.flush(through: fd) }
         guard position > writebackStart else { return }
         Syscalls.startWriteback(fd, writebackStart, position - writebackStart)
         writebackStart = position
@@ -59,6 +78,7 @@ public final class OutputFile {
     /// survives a crash. Without `durable` it only closes and renames: the file is complete under its
     /// final name or absent, but a power loss may take it back to an earlier version.
     public func commit(durable: Bool = true) throws(SystemError) {
+        try direct?.flush(through: fd)
         if durable { try Syscalls.fsync(fd, path: temporaryPath) }
         Syscalls.close(fd)
         fd = -1

@@ -13,6 +13,14 @@ func retrying<T: BinaryInteger>(_ call: String, _ path: String, _ body: () -> T)
     }
 }
 
+/// `O_DIRECT`, which Glibc's Swift module leaves out (it is behind `_GNU_SOURCE`); the values are
+/// the kernel's, per architecture (asm-generic/fcntl.h, and arm64's own).
+#if arch(arm64)
+let O_DIRECT: Int32 = 0o200000
+#else
+let O_DIRECT: Int32 = 0o40000
+#endif
+
 enum Syscalls {
     static func open(_ path: String, _ flags: Int32, _ mode: mode_t = 0o644) throws(SystemError) -> Int32 {
         try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
@@ -36,6 +44,11 @@ enum Syscalls {
 
     static func write(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int, path: String) throws(SystemError) -> Int {
         try retrying("write", path) { Glibc.write(fd, buffer, count) }
+    }
+
+    static func pwrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int, _ offset: Int,
+                       path: String) throws(SystemError) -> Int {
+        try retrying("pwrite", path) { Glibc.pwrite(fd, buffer, count, off_t(offset)) }
     }
 
     static func fsync(_ fd: Int32, path: String) throws(SystemError) {

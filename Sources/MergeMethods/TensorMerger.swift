@@ -9,6 +9,11 @@ public typealias ChunkReader = @Sendable (_ model: Int?, _ elements: Range<Int>,
 /// Called once per `TensorMerger.releaseSpan` elements, not per chunk.
 public typealias ChunkReleaser = @Sendable (_ elements: Range<Int>) -> Void
 
+/// Told that elements `elements` of every input have just been read, before their pages are released,
+/// with how many threads it may use: after every window of the merge and every release span of a
+/// preparation pass. (The executor hashes the inputs' bytes there, in file order, while they are in cache.)
+public typealias ReadObserver = (_ elements: Range<Int>, _ threads: Int) -> Void
+
 /// Receives a finished block of the merged tensor: the window slot (chunk) it belongs to, its first
 /// element's offset within that chunk, and its `count` values. Called on the worker that merged it.
 public typealias BlockEmitter = (_ slot: Int, _ offset: Int, _ values: UnsafePointer<Float>, _ count: Int) -> Void
@@ -89,6 +94,7 @@ public final class TensorMerger: @unchecked Sendable {
     public let chunkSize: Int
     let read: ChunkReader
     let release: ChunkReleaser
+    let observeRead: ReadObserver
     let modelCount: Int
     let dropout: [DropoutStream]
     var thresholds: [MagnitudeThreshold]
@@ -101,13 +107,15 @@ public final class TensorMerger: @unchecked Sendable {
     var released = 0
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
-                seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, release: @escaping ChunkReleaser = { _ in }) {
+                seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, release: @escaping ChunkReleaser = { _ in },
+                observeRead: @escaping ReadObserver = { _, _ in }) {
         self.method = method
         self.parameters = parameters
         self.elementCount = elementCount
         self.chunkSize = chunkSize
         self.read = read
         self.release = release
+        self.observeRead = observeRead
         modelCount = parameters.weights.count
         dropout = (0..<parameters.weights.count).map { DropoutStream(seed: seed, tensorName: canonicalName, modelIndex: $0) }
         thresholds = Array(repeating: .keepEverything, count: parameters.weights.count)
@@ -168,7 +176,9 @@ public final class TensorMerger: @unchecked Sendable {
         for first in stride(from: 0, to: chunkCount, by: perSpan) {
             let count = min(perSpan, chunkCount - first)
             forEachChunk(count, threads: min(threads, workers)) { worker, index in body(worker, first + index) }
-            release(elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound)
+            let span = elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound
+            observeRead(span, min(threads, workers))
+            release(span)
         }
     }
 
@@ -310,6 +320,7 @@ public final class TensorMerger: @unchecked Sendable {
         }
         for slot in 0..<count { for model in 0..<modelCount { tiesSeen[model] += merged[slot][model] } }
         nextChunk += count
+        observeRead(windowElements, threads)
         if windowElements.upperBound - released >= Self.releaseSpan || windowElements.upperBound == elementCount {
             release(released..<windowElements.upperBound)
             released = windowElements.upperBound

@@ -39,10 +39,10 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     let journalBefore = try prepareOutputDirectory(out, options: options)
 
     let configHash = plan.config.canonicalText.utf8CString.withUnsafeBytes { xxh3_128Hex(UnsafeRawBufferPointer(rebasing: $0.dropLast())) }
-    // Input hashes are for the manifest; they are computed on a background thread while the merge runs
-    // (reading with pread, so they add no RSS). The journal identifies inputs by size and mtime instead.
+    // Input hashes are for the manifest; they are fed as the merge reads the inputs. The journal
+    // identifies inputs by size and mtime instead.
     let inputs = try inputIdentities(plan)
-    let inputHashing = InputHasher(plan)
+    let inputHashes = InputHashes(plan)
     var journal = Journal(
         config_xxh3_128: configHash, inputs: inputs, tensors_done: 0, shard: 0, shard_position: 0,
         shard_prefix_xxh3_128: "", finished_shards: [], tensor_hashes: [], layer_statistics: nil, layer_timings: nil)
@@ -86,6 +86,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
             if shardIndex != writer.shardIndex {
                 finishedShards.append(try writer.commit())
                 try writer.open(shard: shardIndex, resumingAt: nil, expectedPrefixHash: "")
+                try writer.flush()
                 journal = Journal(
                     config_xxh3_128: configHash, inputs: inputs, tensors_done: index, shard: shardIndex,
                     shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
@@ -95,7 +96,8 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
             let hash = if let values = trained?[tensor.canonicalName] {
                 try writeTrainedTensor(values, tensor, plan: plan, writer: writer, bytes: bytesOut[0])
             } else {
-                try mergeTensor(tensor, plan: plan, writer: writer, workers: workers, workspaces: workspaces, bytesOut: bytesOut)
+                try mergeTensor(tensor, plan: plan, writer: writer, workers: workers, workspaces: workspaces, bytesOut: bytesOut,
+                                inputHashes: inputHashes)
             }
             tensorHashes.append(Manifest.TensorRecord(
                 name: tensor.name, file: plan.shards[shardIndex].fileName, dtype: tensor.outputDType.rawValue,
@@ -104,7 +106,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         // Page faults map neighbouring pages too ("fault-around"), including pages of tensors released
         // earlier; dropping every page of each input after each layer keeps them from piling up.
         for file in (plan.base?.files ?? []) + plan.models.flatMap(\.files) { file.mapping.releaseAll() }
-        writer.startWriteback()
+        try writer.flush()
         try distiller?.layerWritten(layer.key)
         // No fsync of the shard here: after a killed process the page cache still holds every byte
         // written, and after a power loss the resume re-hashes the partial shard against the journal's
@@ -133,7 +135,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     let manifest = Manifest(
         tool: toolVersion, method: plan.config.methodName, seed: plan.config.seed,
         config_path: plan.config.path, config_xxh3_128: configHash, config: plan.config.canonicalText,
-        inputs: try inputHashing.result(), outputs: outputs.sorted { $0.path < $1.path }, tensors: tensorHashes,
+        inputs: try inputHashes.records(threads: workers), outputs: outputs.sorted { $0.path < $1.path }, tensors: tensorHashes,
         training: distiller?.training,
         layers: plan.layers.map {
             Manifest.LayerRecord(layer: $0.key.description, tensors: $0.tensors.count, distill: distiller?.statistics[$0.key.description])
@@ -170,46 +172,16 @@ private func prepareOutputDirectory(_ out: String, options: MergeOptions) throws
 }
 
 /// Every input weight file, base first, in plan order.
-private func inputFiles(_ plan: MergePlan) -> [String] {
-    ((plan.base.map { [$0] } ?? []).flatMap(\.files) + plan.models.flatMap(\.files)).map(\.path)
+func inputFiles(_ plan: MergePlan) -> [SafetensorsFile] {
+    (plan.base.map { [$0] } ?? []).flatMap(\.files) + plan.models.flatMap(\.files)
 }
 
 /// Size and modification time of every input: enough for `--resume` to notice a replaced input.
 private func inputIdentities(_ plan: MergePlan) throws -> [Journal.InputIdentity] {
-    try inputFiles(plan).map { path in
+    try inputFiles(plan).map(\.path).map { path in
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
         return Journal.InputIdentity(path: path, size: (attributes[.size] as? Int) ?? -1, modified: modified)
-    }
-}
-
-/// XXH3-128 of every input file, computed on a background thread, one file after another.
-private final class InputHasher: @unchecked Sendable {
-    private let group = DispatchGroup()
-    private var records: [Manifest.FileRecord] = []
-    private var failure: Error?
-
-    init(_ plan: MergePlan) {
-        let files = inputFiles(plan)
-        DispatchQueue.global(qos: .utility).async(group: group) { [self] in
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
-            defer { buffer.deallocate() }
-            do {
-                for path in files {
-                    let hasher = XXH3Hasher(.bits128)
-                    let size = try FileReader.forEachPiece(of: path, buffer: buffer) { hasher.update($0) }
-                    records.append(Manifest.FileRecord(path: path, size: size, xxh3_128: hasher.hexDigest()))
-                }
-            } catch {
-                failure = error
-            }
-        }
-    }
-
-    func result() throws -> [Manifest.FileRecord] {
-        group.wait()
-        if let failure { throw failure }
-        return records
     }
 }
 
@@ -217,7 +189,7 @@ private final class InputHasher: @unchecked Sendable {
 /// parallel, then the chunks are written and hashed in order. Returns the tensor's XXH3-64.
 private func mergeTensor(
     _ tensor: PlannedTensor, plan: MergePlan, writer: ShardStreamWriter, workers: Int,
-    workspaces: [MergeWorkspace], bytesOut: [UnsafeMutableRawPointer]
+    workspaces: [MergeWorkspace], bytesOut: [UnsafeMutableRawPointer], inputHashes: InputHashes
 ) throws -> String {
     let hasher = XXH3Hasher(.bits64)
     let sources: [(SafetensorsFile, TensorInfo)] =
@@ -232,6 +204,7 @@ private func mergeTensor(
             let piece = UnsafeRawBufferPointer(rebasing: raw[offset..<min(raw.count, offset + plan.chunkSize)])
             try writer.write(piece)
             hasher.update(piece)
+            inputHashes.advance([(file, info)], elements: offset / info.dtype.size..<(offset + piece.count) / info.dtype.size, threads: 1)
             file.mapping.release(file.fileRange(of: info).lowerBound + offset ..< file.fileRange(of: info).lowerBound + offset + piece.count)
         }
         return hasher.hexDigest()
@@ -247,7 +220,8 @@ private func mergeTensor(
     }
     let merger = TensorMerger(
         method: plan.config.method, parameters: parameters, elementCount: tensor.elementCount,
-        canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read, release: release)
+        canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read, release: release,
+        observeRead: { elements, threads in inputHashes.advance(sources, elements: elements, threads: threads) })
     merger.prepare(threads: workers, workspaces: workspaces)
 
     // Two sets of output buffers: workers fill one window while the writer thread drains the other,

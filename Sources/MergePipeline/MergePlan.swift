@@ -1,5 +1,6 @@
 // MergePlan: everything decided from headers alone — matched tensors, layers, parameters, shards, heads, memory.
 import Distillation
+import FileIO
 import Foundation
 import MergeMethods
 import ModelArchitectures
@@ -200,7 +201,8 @@ public struct MergePlan: @unchecked Sendable {
 
     /// Peak memory the data-free executor needs with `threads` workers: per worker its block scratch and
     /// two windows of converted output (one being written while the next is merged), TIES's histograms,
-    /// the input pages read since the last release, and what the process itself holds.
+    /// the input pages read since the last release, the shard's direct-write staging buffer, and what
+    /// the process itself holds.
     public func estimatedPeakBytes(threads: Int) -> Int {
         let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + 2 * Self.windowChunks(workers: 1) * chunkSize * 8
         let histograms = config.method == .ties ? threads * models.count * TensorMerger.histogramBytes : 0
@@ -208,7 +210,8 @@ public struct MergePlan: @unchecked Sendable {
         let widest = ((base.map { [$0] } ?? []) + models).flatMap(\.files).flatMap(\.tensors).map(\.dtype.size).max() ?? 4
         let mappedInFlight = (models.count + 1) * (TensorMerger.releaseSpan + Self.windowChunks(workers: threads) * chunkSize) * widest
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
-        return Self.processBaseline + threads * perWorker + histograms + mappedInFlight + headerBytes + distillPeakBytes(threads: threads)
+        return Self.processBaseline + threads * perWorker + histograms + mappedInFlight + headerBytes + OutputFile.directStagingBytes
+            + distillPeakBytes(threads: threads)
     }
 
     /// A data-driven method's working set (zero for data-free methods or a base without a runnable architecture):

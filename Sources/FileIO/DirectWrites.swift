@@ -1,0 +1,101 @@
+// DirectWrites: a file's bytes gathered in an aligned buffer and written with O_DIRECT, bypassing the page cache.
+import Glibc
+
+/// Writes an output file with `O_DIRECT`: the device reads the bytes straight from an aligned staging
+/// buffer, and they never enter the page cache. Through the cache, every 4 KiB written costs a page
+/// allocation, a kernel copy, delayed-allocation and dirty-page bookkeeping and a flusher thread's
+/// writeback: on a data-free merge the largest cost after reading the inputs (a third of a task
+/// arithmetic merge's wall time, measured), and a model larger than RAM filled memory with dirty pages.
+///
+/// Only whole aligned blocks go direct. When the caller needs every byte in the file (`flush`), the
+/// unaligned tail is written through the cache as well and stays staged; once its block fills, the
+/// block is rewritten direct (the kernel writes back and drops the cached copy first).
+final class DirectWrites {
+    /// Offset, length and memory alignment that satisfies `O_DIRECT` on any Linux block device.
+    static let alignment = 4096
+    /// Bytes per direct write: large enough for the device to stream, small enough to stay in cache
+    /// while it is filled.
+    static let stagingSize = 4 << 20
+
+    private let path: String
+    private let fd: Int32
+    private let staging: UnsafeMutableRawPointer
+    /// File offset of `staging[0]` (aligned), and how many bytes are staged.
+    private var stagedStart: Int
+    private var staged: Int
+
+    /// Opens `path` for direct writes continuing at `offset`, staging the bytes of the partial block
+    /// before it (read through `existing`, a descriptor open for reading). Nil when the file system
+    /// does not support `O_DIRECT` (the caller then writes through the cache).
+    init?(path: String, at offset: Int, existing: Int32) throws(SystemError) {
+        do throws(SystemError) {
+            fd = try Syscalls.open(path, O_WRONLY | O_DIRECT)
+        } catch where error.errno == EINVAL {
+            return nil
+        }
+        self.path = path
+        staging = .allocate(byteCount: Self.stagingSize, alignment: Self.alignment)
+        stagedStart = offset / Self.alignment * Self.alignment
+        staged = offset - stagedStart
+        var done = 0
+        while done < staged {
+            let count: Int
+            do { count = try Syscalls.pread(existing, staging + done, staged - done, stagedStart + done, path: path) } catch {
+                staging.deallocate()
+                Syscalls.close(fd)
+                throw error
+            }
+            guard count > 0 else {
+                staging.deallocate()
+                Syscalls.close(fd)
+                throw SystemError(call: "pread", path: path, errno: EIO)
+            }
+            done += count
+        }
+    }
+
+    deinit {
+        staging.deallocate()
+        Syscalls.close(fd)
+    }
+
+    /// Stages all of `bytes`, writing each full staging buffer direct.
+    func write(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        var next = 0
+        while next < bytes.count {
+            let count = min(Self.stagingSize - staged, bytes.count - next)
+            (staging + staged).copyMemory(from: bytes.baseAddress! + next, byteCount: count)
+            staged += count
+            next += count
+            if staged == Self.stagingSize {
+                try writeDirect(Self.stagingSize)
+                stagedStart += Self.stagingSize
+                staged = 0
+            }
+        }
+    }
+
+    /// Puts every staged byte into the file: whole blocks direct, the partial last block through
+    /// `buffered` (a descriptor of the same file without `O_DIRECT`). That block stays staged.
+    func flush(through buffered: Int32) throws(SystemError) {
+        let whole = staged / Self.alignment * Self.alignment
+        if whole > 0 { try writeDirect(whole) }
+        var done = whole
+        while done < staged {
+            done += try Syscalls.pwrite(buffered, staging + done, staged - done, stagedStart + done, path: path)
+        }
+        if whole > 0 {
+            staging.copyMemory(from: staging + whole, byteCount: staged - whole)
+            stagedStart += whole
+            staged -= whole
+        }
+    }
+
+    /// Writes `staging[0..<count]` at `stagedStart`; `count` is a multiple of the alignment.
+    private func writeDirect(_ count: Int) throws(SystemError) {
+        var done = 0
+        while done < count {
+            done += try Syscalls.pwrite(fd, staging + done, count - done, stagedStart + done, path: path)
+        }
+    }
+}
