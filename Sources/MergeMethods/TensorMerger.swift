@@ -1,5 +1,6 @@
 // TensorMerger: merges one tensor chunk by chunk, computing in cache-sized blocks, so memory is bounded by the chunk size, not the tensor.
 import Dispatch
+import Glibc
 import Synchronization
 
 /// Reads elements `elements` of a model's tensor as f32 into the buffer; `model` nil is the base.
@@ -283,7 +284,8 @@ public final class TensorMerger: @unchecked Sendable {
     /// each finished block to `emit` with the chunk's slot in the window. Windows must come in order: where TIES drops
     /// some of the elements tied at its threshold, which ones depends on how many ties earlier chunks
     /// held. While more ties remain to keep than the window has elements, all of its ties are kept and
-    /// counted as it merges; only a window that may hold the last kept tie counts its ties first.
+    /// counted as it merges; in a window that may hold the last kept tie, each chunk counts its ties
+    /// before it merges (`mergeCountingFirst`).
     public func mergeWindow(first: Int, count: Int, workspaces: [MergeWorkspace], threads: Int, emit: BlockEmitter) {
         precondition(first == nextChunk, "windows must be merged in order")
         let threads = min(threads, workspaces.count)
@@ -294,29 +296,19 @@ public final class TensorMerger: @unchecked Sendable {
             let remaining = thresholds[model].keptAtThreshold - tiesSeen[model]
             if remaining >= windowElements.count { countWhileMerging[model] = true } else if remaining > 0 { countFirst.append(model) }
         }
-        var tieCounts = Array(repeating: [Int](repeating: 0, count: modelCount), count: count)
-        if !countFirst.isEmpty {
-            tieCounts.withUnsafeMutableBufferPointer { counts in
-                forEachChunk(count, threads: threads) { worker, slot in
-                    counts[slot] = countTies(chunk: first + slot, models: countFirst, workspaces[worker])
-                }
-            }
-        }
-        var tieRanges: [[Range<Int>]] = []
-        for slot in 0..<count {
-            tieRanges.append((0..<modelCount).map { model in
-                let before = tiesSeen[model]
-                tiesSeen[model] += tieCounts[slot][model]
-                return before..<tiesSeen[model]
-            })
-        }
         var merged = Array(repeating: [Int](repeating: 0, count: modelCount), count: count)
-        merged.withUnsafeMutableBufferPointer { counted in
-            forEachChunk(count, threads: threads) { worker, slot in
-                counted[slot] = mergeChunk(first + slot, workspaces[worker], ties: tieRanges[slot], counting: countWhileMerging) {
-                    offset, values, n in emit(slot, offset, values, n)
+        if countFirst.isEmpty {
+            merged.withUnsafeMutableBufferPointer { counted in
+                forEachChunk(count, threads: threads) { worker, slot in
+                    counted[slot] = mergeChunk(first + slot, workspaces[worker], ties: tiesSeen.map { $0..<$0 }, counting: countWhileMerging) {
+                        offset, values, n in emit(slot, offset, values, n)
+                    }
                 }
             }
+        } else {
+            let counts = mergeCountingFirst(first: first, count: count, models: countFirst, countWhileMerging: countWhileMerging,
+                                            workspaces: workspaces, threads: threads, merged: &merged, emit: emit)
+            for slot in 0..<count { for model in countFirst { tiesSeen[model] += counts[slot][model] } }
         }
         for slot in 0..<count { for model in 0..<modelCount { tiesSeen[model] += merged[slot][model] } }
         nextChunk += count
@@ -325,6 +317,41 @@ public final class TensorMerger: @unchecked Sendable {
             release(released..<windowElements.upperBound)
             released = windowElements.upperBound
         }
+    }
+
+    /// Merges a window where fine-tunes `models` may run out of ties to keep. Each chunk counts its
+    /// ties, publishes the count, waits until every earlier chunk of the window has published, and
+    /// merges with its ties numbered, its inputs still in cache from counting (a counting pass over
+    /// the whole window first read them from memory twice). Workers take chunks in order and count
+    /// before they wait, so the chunks waited for always finish counting. Returns every chunk's counts.
+    private func mergeCountingFirst(first: Int, count: Int, models: [Int], countWhileMerging: [Bool], workspaces: [MergeWorkspace],
+                                    threads: Int, merged: inout [[Int]], emit: BlockEmitter) -> [[Int]] {
+        let state = Mutex((counts: Array(repeating: [Int](repeating: 0, count: modelCount), count: count),
+                           done: [Bool](repeating: false, count: count), prefix: 0))
+        // Chunks 0 ..< prefix have all published their counts.
+        let prefix = Atomic<Int>(0)
+        let seenBefore = tiesSeen
+        merged.withUnsafeMutableBufferPointer { counted in
+            forEachChunk(count, threads: threads) { worker, slot in
+                let ties = countTies(chunk: first + slot, models: models, workspaces[worker])
+                state.withLock { state in
+                    state.counts[slot] = ties
+                    state.done[slot] = true
+                    while state.prefix < count, state.done[state.prefix] { state.prefix += 1 }
+                    prefix.store(state.prefix, ordering: .releasing)
+                }
+                while prefix.load(ordering: .acquiring) < slot { sched_yield() }
+                let earlier = state.withLock { state in state.counts[0..<slot] }
+                let ranges = (0..<modelCount).map { model in
+                    let before = seenBefore[model] + earlier.reduce(0) { $0 + $1[model] }
+                    return before..<before + ties[model]
+                }
+                counted[slot] = mergeChunk(first + slot, workspaces[worker], ties: ranges, counting: countWhileMerging) {
+                    offset, values, n in emit(slot, offset, values, n)
+                }
+            }
+        }
+        return state.withLock { $0.counts }
     }
 
     /// Per fine-tune in `models`, how many elements of `chunk` are tied at its threshold.
