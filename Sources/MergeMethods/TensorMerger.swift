@@ -398,49 +398,49 @@ public final class TensorMerger: @unchecked Sendable {
     }
 
     /// Combines the block's sparsified task vectors into the merged block, in `workspace.output`.
+    /// Sixteen lanes at a time with the running sums in registers: loops over whole arrays, model by
+    /// model, stored and reloaded every sum once per model, and took a fifth of a DARE-TIES merge.
+    /// Each lane does the reference's operations in the reference's order, so results are unchanged.
     private func combine(count: Int, _ workspace: MergeWorkspace) {
-        let weights = parameters.weights
-        let acc = workspace.accumulator
-        let div = workspace.divisor
-        if method.electsSign {
-            // dᵢ = wᵢ·τ̂ᵢ; the majority sign is the sign of Σdᵢ (≥ 0 → +); only dᵢ of that sign are summed,
-            // and with normalize divided by the sum of their weights. Loops run model by model over
-            // the block so they vectorise; the additions happen in the reference's order per element.
-            let sum = workspace.scratch
-            sum.update(repeating: 0, count: count)
-            acc.update(repeating: 0, count: count)
-            div.update(repeating: 0, count: count)
-            for model in 0..<modelCount {
-                let w = weights[model], d = workspace.models[model]
-                for j in 0..<count {
-                    d[j] = w * d[j]
-                    sum[j] = sum[j] + d[j]
+        typealias Lanes = SIMD16<Float>
+        let lambda = parameters.lambda, normalize = parameters.normalize, electsSign = method.electsSign
+        let total = parameters.weights.reduce(Float(0)) { $0 + $1 }
+        let base = workspace.base, output = workspace.output
+        // Workspace arrays hold a whole block, a multiple of 16, so the last lanes may read past `count`.
+        @inline(__always) func load(_ pointer: UnsafePointer<Float>, _ start: Int) -> Lanes {
+            UnsafeRawPointer(pointer + start).loadUnaligned(as: Lanes.self)
+        }
+        parameters.weights.withUnsafeBufferPointer { weights in
+            workspace.models.withUnsafeBufferPointer { models in
+                for start in stride(from: 0, to: count, by: Lanes.scalarCount) {
+                    var acc = Lanes(repeating: 0)
+                    if electsSign {
+                        // dᵢ = wᵢ·τ̂ᵢ; the majority sign is the sign of Σdᵢ (≥ 0 → +); only dᵢ of that sign
+                        // are summed, and with normalize divided by the sum of their weights.
+                        var sum = Lanes(repeating: 0)
+                        for model in 0..<models.count { sum = sum + weights[model] * load(models[model], start) }
+                        let positive = sum .>= 0
+                        var div = Lanes(repeating: 0)
+                        for model in 0..<models.count {
+                            let d = weights[model] * load(models[model], start)
+                            let agrees = (positive .& (d .> 0)) .| (.!positive .& (d .< 0))
+                            acc = acc + Lanes(repeating: 0).replacing(with: d, where: agrees)
+                            div = div + Lanes(repeating: 0).replacing(with: weights[model], where: agrees)
+                        }
+                        if normalize { acc = acc / div.replacing(with: 1, where: div .== 0) }
+                    } else {
+                        for model in 0..<models.count { acc = acc + weights[model] * load(models[model], start) }
+                        if normalize { acc = acc / total }
+                    }
+                    let merged = load(base, start) + lambda * acc
+                    if count - start >= Lanes.scalarCount {
+                        UnsafeMutableRawPointer(output + start).storeBytes(of: merged, as: Lanes.self)
+                    } else {
+                        for lane in 0..<(count - start) { output[start + lane] = merged[lane] }
+                    }
                 }
-            }
-            for model in 0..<modelCount {
-                let w = weights[model], d = workspace.models[model]
-                for j in 0..<count {
-                    let agrees = sum[j] >= 0 ? d[j] > 0 : d[j] < 0
-                    acc[j] = acc[j] + (agrees ? d[j] : 0)
-                    div[j] = div[j] + (agrees ? w : 0)
-                }
-            }
-            if parameters.normalize {
-                for j in 0..<count { acc[j] = acc[j] / (div[j] == 0 ? 1 : div[j]) }
-            }
-        } else {
-            acc.update(repeating: 0, count: count)
-            for model in 0..<modelCount {
-                let w = weights[model], tau = workspace.models[model]
-                for j in 0..<count { acc[j] = acc[j] + w * tau[j] }
-            }
-            if parameters.normalize {
-                let total = weights.reduce(Float(0)) { $0 + $1 }
-                for j in 0..<count { acc[j] = acc[j] / total }
             }
         }
-        let lambda = parameters.lambda, base = workspace.base, output = workspace.output
-        for j in 0..<count { output[j] = base[j] + lambda * acc[j] }
     }
 
     /// linear: Σwᵢθᵢ, divided by Σwᵢ when normalising. The base model takes no part.
