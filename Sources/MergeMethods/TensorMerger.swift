@@ -6,13 +6,13 @@ import Synchronization
 /// Reads elements `elements` of a model's tensor as f32 into the buffer; `model` nil is the base.
 public typealias ChunkReader = @Sendable (_ model: Int?, _ elements: Range<Int>, _ into: UnsafeMutablePointer<Float>) -> Void
 
-/// Tells the source that elements `elements` of every input have been read and their pages may go.
-/// Called once per `TensorMerger.releaseSpan` elements, not per chunk.
-public typealias ChunkReleaser = @Sendable (_ elements: Range<Int>) -> Void
+/// Brings elements `elements` of every input to where `read` takes them from. Called by the worker
+/// about to read a chunk, before its first read (the executor `pread`s the chunk into a buffer).
+public typealias ChunkLoader = @Sendable (_ elements: Range<Int>) -> Void
 
-/// Told that elements `elements` of every input have just been read, before their pages are released,
-/// with how many threads it may use: after every window of the merge and every release span of a
-/// preparation pass. (The executor hashes the inputs' bytes there, in file order, while they are in cache.)
+/// Told that elements `elements` of every input have just been read, with how many threads it may
+/// use: after every window of the merge and of a preparation pass, before the next one is loaded.
+/// (The executor hashes the inputs' bytes there, in file order, while they are in cache.)
 public typealias ReadObserver = (_ elements: Range<Int>, _ threads: Int) -> Void
 
 /// Receives a finished block of the merged tensor: the window slot (chunk) it belongs to, its first
@@ -81,10 +81,6 @@ public func forEachChunk(_ chunkCount: Int, threads: Int, _ body: (_ worker: Int
 /// One tensor's merge. `prepare` runs the whole-tensor passes a method needs (TIES thresholds,
 /// DARE's L1 norms); `mergeWindow` then produces the chunks, a window of them at a time, in order.
 public final class TensorMerger: @unchecked Sendable {
-    /// Input pages are released in spans of at least this many elements: each `madvise` makes the
-    /// kernel interrupt the other cores to flush their TLBs, which per 128 Ki-element chunk cost more
-    /// than the pages it freed. (2 Mi elements: 4 MiB of each bf16 input resident at most.)
-    public static let releaseSpan = 1 << 21
     /// Bytes of TIES's select histograms per worker and fine-tune: the first pass's, and the second's
     /// (65,536 bins) allocated beside them when that pass runs.
     public static let histogramBytes = (Histograms.highBitBins + Histograms.lowBitBins) * 4
@@ -94,28 +90,26 @@ public final class TensorMerger: @unchecked Sendable {
     public let elementCount: Int
     public let chunkSize: Int
     let read: ChunkReader
-    let release: ChunkReleaser
+    let load: ChunkLoader
     let observeRead: ReadObserver
     let modelCount: Int
     let dropout: [DropoutStream]
     var thresholds: [MagnitudeThreshold]
     /// Per fine-tune multiplier applied to kept DARE elements.
     var dareScale: [Float]
-    /// Merging state: the next chunk `mergeWindow` expects, per fine-tune the TIES ties seen so far,
-    /// and the elements whose input pages were released.
+    /// Merging state: the next chunk `mergeWindow` expects, and per fine-tune the TIES ties seen so far.
     var nextChunk = 0
     var tiesSeen: [Int]
-    var released = 0
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
-                seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, release: @escaping ChunkReleaser = { _ in },
+                seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, load: @escaping ChunkLoader = { _ in },
                 observeRead: @escaping ReadObserver = { _, _ in }) {
         self.method = method
         self.parameters = parameters
         self.elementCount = elementCount
         self.chunkSize = chunkSize
         self.read = read
-        self.release = release
+        self.load = load
         self.observeRead = observeRead
         modelCount = parameters.weights.count
         dropout = (0..<parameters.weights.count).map { DropoutStream(seed: seed, tensorName: canonicalName, modelIndex: $0) }
@@ -160,30 +154,31 @@ public final class TensorMerger: @unchecked Sendable {
         }
     }
 
-    /// Runs the whole-tensor passes: radix select for TIES, norms for L1-rescaled DARE.
-    public func prepare(threads: Int, workspaces: [MergeWorkspace]) {
+    /// Runs the whole-tensor passes: radix select for TIES, norms for L1-rescaled DARE, in windows of
+    /// `window` chunks, as the merge will.
+    public func prepare(threads: Int, workspaces: [MergeWorkspace], window: Int) {
         guard needsPreparation else { return }
         switch method.sparsification {
-        case .magnitude: prepareMagnitude(threads: threads, workspaces: workspaces)
-        case .random: prepareL1Rescale(threads: threads, workspaces: workspaces)
+        case .magnitude: prepareMagnitude(threads: threads, workspaces: workspaces, window: window)
+        case .random: prepareL1Rescale(threads: threads, workspaces: workspaces, window: window)
         case .none: break
         }
     }
 
-    /// One pass over the tensor: `body(worker, chunk)` for every chunk, on the workers, releasing the
-    /// inputs' pages a span at a time.
-    private func sweep(threads: Int, workers: Int, _ body: (_ worker: Int, _ chunk: Int) -> Void) {
-        let perSpan = max(workers, Self.releaseSpan / chunkSize)
-        for first in stride(from: 0, to: chunkCount, by: perSpan) {
-            let count = min(perSpan, chunkCount - first)
-            forEachChunk(count, threads: min(threads, workers)) { worker, index in body(worker, first + index) }
-            let span = elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound
-            observeRead(span, min(threads, workers))
-            release(span)
+    /// One pass over the tensor in windows of `window` chunks: `body(worker, chunk)` for every chunk,
+    /// on the workers, each chunk loaded first.
+    private func sweep(threads: Int, workers: Int, window: Int, _ body: (_ worker: Int, _ chunk: Int) -> Void) {
+        for first in stride(from: 0, to: chunkCount, by: window) {
+            let count = min(window, chunkCount - first)
+            forEachChunk(count, threads: min(threads, workers)) { worker, index in
+                load(elements(ofChunk: first + index))
+                body(worker, first + index)
+            }
+            observeRead(elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound, min(threads, workers))
         }
     }
 
-    private func prepareMagnitude(threads: Int, workspaces: [MergeWorkspace]) {
+    private func prepareMagnitude(threads: Int, workspaces: [MergeWorkspace], window: Int) {
         precondition(elementCount < Int(UInt32.max), "TIES histograms count at most 2³² − 1 elements per tensor")
         let workers = workspaces.count
         let ranks: [Int] = parameters.densities.map { $0 >= 1 ? -1 : Int($0 * Double(elementCount)) }
@@ -197,7 +192,7 @@ public final class TensorMerger: @unchecked Sendable {
         let high = Histograms(count: workers * modelCount, bins: Histograms.highBitBins)
         defer { high.deallocate() }
         let tables = (0..<workers).map { worker in selecting.map { worker * modelCount + $0 } }
-        sweep(threads: threads, workers: workers) { worker, chunk in
+        sweep(threads: threads, workers: workers, window: window) { worker, chunk in
             let workspace = workspaces[worker]
             forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
                 read(nil, block, workspace.base)
@@ -220,7 +215,7 @@ public final class TensorMerger: @unchecked Sendable {
         // Pass 2, only where the rank fell among a bin's inexact elements: the low 16 bits within that bin.
         let low = Histograms(count: workers * modelCount, bins: Histograms.lowBitBins)
         defer { low.deallocate() }
-        sweep(threads: threads, workers: workers) { worker, chunk in
+        sweep(threads: threads, workers: workers, window: window) { worker, chunk in
             let workspace = workspaces[worker]
             forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
                 read(nil, block, workspace.base)
@@ -239,7 +234,7 @@ public final class TensorMerger: @unchecked Sendable {
     /// DARE with L1 rescaling: the multiplier ‖τ‖₁ / ‖τ ⊙ m‖₁ needs both norms over the whole tensor.
     /// Partial sums are kept per block in f64 and added in element order, so the result is the same
     /// for any thread count or chunking.
-    private func prepareL1Rescale(threads: Int, workspaces: [MergeWorkspace]) {
+    private func prepareL1Rescale(threads: Int, workspaces: [MergeWorkspace], window: Int) {
         let workers = workspaces.count
         let blockSize = workspaces[0].blockSize
         let dropping = (0..<modelCount).filter { parameters.densities[$0] < 1 }
@@ -248,7 +243,7 @@ public final class TensorMerger: @unchecked Sendable {
         let partial = UnsafeMutablePointer<(full: Double, kept: Double)>.allocate(capacity: modelCount * chunkCount * blocksPerChunk)
         partial.initialize(repeating: (0, 0), count: modelCount * chunkCount * blocksPerChunk)
         defer { partial.deallocate() }
-        sweep(threads: threads, workers: workers) { worker, chunk in
+        sweep(threads: threads, workers: workers, window: window) { worker, chunk in
             let workspace = workspaces[worker]
             let chunkRange = elements(ofChunk: chunk)
             forEachBlock(of: chunkRange, size: blockSize) { block in
@@ -300,6 +295,7 @@ public final class TensorMerger: @unchecked Sendable {
         if countFirst.isEmpty {
             merged.withUnsafeMutableBufferPointer { counted in
                 forEachChunk(count, threads: threads) { worker, slot in
+                    load(elements(ofChunk: first + slot))
                     counted[slot] = mergeChunk(first + slot, workspaces[worker], ties: tiesSeen.map { $0..<$0 }, counting: countWhileMerging) {
                         offset, values, n in emit(slot, offset, values, n)
                     }
@@ -313,10 +309,6 @@ public final class TensorMerger: @unchecked Sendable {
         for slot in 0..<count { for model in 0..<modelCount { tiesSeen[model] += merged[slot][model] } }
         nextChunk += count
         observeRead(windowElements, threads)
-        if windowElements.upperBound - released >= Self.releaseSpan || windowElements.upperBound == elementCount {
-            release(released..<windowElements.upperBound)
-            released = windowElements.upperBound
-        }
     }
 
     /// Merges a window where fine-tunes `models` may run out of ties to keep. Each chunk counts its
@@ -333,6 +325,7 @@ public final class TensorMerger: @unchecked Sendable {
         let seenBefore = tiesSeen
         merged.withUnsafeMutableBufferPointer { counted in
             forEachChunk(count, threads: threads) { worker, slot in
+                load(elements(ofChunk: first + slot))
                 let ties = countTies(chunk: first + slot, models: models, workspaces[worker])
                 state.withLock { state in
                     state.counts[slot] = ties

@@ -6,8 +6,8 @@ import MergeMethods
 import SafetensorsFormat
 
 /// One input file's hash, advanced in file order. The merge reads tensors in plan order, which is
-/// file order for files saved by the usual tools, so the bytes it has just read are hashed from the
-/// mapping while they are still in cache; whatever it passed over (headers, tensors it does not
+/// file order for files saved by the usual tools, so the bytes it has just read are hashed from its
+/// buffers while they are still in cache; whatever it passed over (headers, tensors it does not
 /// read, tensors stored in another order, the part of the output a resumed run had already written)
 /// is read cold with `pread`. Either way every byte is hashed once, in order, and the hash is the
 /// file's XXH3-128. Hashing from a separate pass over the files instead read every input byte from
@@ -21,17 +21,16 @@ final class InputHashCursor: @unchecked Sendable {
 
     init(_ file: SafetensorsFile) { self.file = file }
 
-    /// Hashes the file up to byte `end`. `warm` is the range the caller has just read through the
-    /// mapping; bytes before it that are not hashed yet are read with `pread`.
-    func advance(to end: Int, warm: Range<Int>) {
+    /// Hashes the file up to the end of `warm`, the file range whose bytes the caller has just read
+    /// into `bytes`; bytes before it that are not hashed yet are read with `pread`.
+    func advance(warm: Range<Int>, bytes: UnsafeRawBufferPointer) {
+        precondition(bytes.count == warm.count)
         lock.withLock {
-            guard failure == nil, end > hashed else { return }
+            guard failure == nil, warm.upperBound > hashed else { return }
             do {
-                if hashed < warm.lowerBound { try hashCold(upTo: min(warm.lowerBound, end)) }
-                if hashed < end {
-                    hasher.update(UnsafeRawBufferPointer(rebasing: file.mapping.bytes[hashed..<end]))
-                    hashed = end
-                }
+                if hashed < warm.lowerBound { try hashCold(upTo: warm.lowerBound) }
+                hasher.update(UnsafeRawBufferPointer(rebasing: bytes[(hashed - warm.lowerBound)...]))
+                hashed = warm.upperBound
             } catch {
                 failure = error
             }
@@ -76,12 +75,12 @@ final class InputHashes: @unchecked Sendable {
     }
 
     /// Hashes, on up to `threads` workers, every input up to the end of the bytes of `sources` that
-    /// hold elements `elements`, which the caller has just read.
-    func advance(_ sources: [(SafetensorsFile, TensorInfo)], elements: Range<Int>, threads: Int) {
+    /// hold elements `elements`, which the caller has just read: `bytes(i)` are source i's.
+    func advance(_ sources: [(SafetensorsFile, TensorInfo)], elements: Range<Int>, threads: Int,
+                 bytes: (Int) -> UnsafeRawBufferPointer) {
         forEachChunk(sources.count, threads: threads) { _, index in
             let (file, info) = sources[index]
-            let range = file.fileRange(of: info, elements: elements)
-            byFile[ObjectIdentifier(file)]!.advance(to: range.upperBound, warm: range)
+            byFile[ObjectIdentifier(file)]!.advance(warm: file.fileRange(of: info, elements: elements), bytes: bytes(index))
         }
     }
 

@@ -76,6 +76,8 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * 8, alignment: 64)
     }
     defer { bytesOut.forEach { $0.deallocate() } }
+    let inputWindow = InputWindow(capacity: MergePlan.windowChunks(workers: workers) * plan.chunkSize,
+                                  widestElement: plan.widestInputElement, inputCount: plan.models.count + 1)
 
     for (layerNumber, layer) in plan.layers.enumerated() {
         guard layer.tensors.upperBound > journal.tensors_done else { continue }
@@ -97,7 +99,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
                 try writeTrainedTensor(values, tensor, plan: plan, writer: writer, bytes: bytesOut[0])
             } else {
                 try mergeTensor(tensor, plan: plan, writer: writer, workers: workers, workspaces: workspaces, bytesOut: bytesOut,
-                                inputHashes: inputHashes)
+                                inputs: inputWindow, inputHashes: inputHashes)
             }
             tensorHashes.append(Manifest.TensorRecord(
                 name: tensor.name, file: plan.shards[shardIndex].fileName, dtype: tensor.outputDType.rawValue,
@@ -189,12 +191,11 @@ private func inputIdentities(_ plan: MergePlan) throws -> [Journal.InputIdentity
 /// parallel, then the chunks are written and hashed in order. Returns the tensor's XXH3-64.
 private func mergeTensor(
     _ tensor: PlannedTensor, plan: MergePlan, writer: ShardStreamWriter, workers: Int,
-    workspaces: [MergeWorkspace], bytesOut: [UnsafeMutableRawPointer], inputHashes: InputHashes
+    workspaces: [MergeWorkspace], bytesOut: [UnsafeMutableRawPointer], inputs: InputWindow, inputHashes: InputHashes
 ) throws -> String {
     let hasher = XXH3Hasher(.bits64)
     let sources: [(SafetensorsFile, TensorInfo)] =
         (tensor.baseName.map { [plan.base!.tensor($0)!] } ?? []) + zip(plan.models, tensor.modelNames).map { $0.tensor($1)! }
-    defer { for (file, info) in sources { file.mapping.releaseCovering(file.fileRange(of: info)) } }
 
     guard let parameters = tensor.parameters else {
         // Integer and bool tensors are carried through from the base byte for byte.
@@ -204,31 +205,33 @@ private func mergeTensor(
             let piece = UnsafeRawBufferPointer(rebasing: raw[offset..<min(raw.count, offset + plan.chunkSize)])
             try writer.write(piece)
             hasher.update(piece)
-            inputHashes.advance([(file, info)], elements: offset / info.dtype.size..<(offset + piece.count) / info.dtype.size, threads: 1)
-            file.mapping.release(file.fileRange(of: info).lowerBound + offset ..< file.fileRange(of: info).lowerBound + offset + piece.count)
+            inputHashes.advance([(file, info)], elements: offset / info.dtype.size..<(offset + piece.count) / info.dtype.size,
+                                threads: 1) { _ in piece }
+            file.mapping.releaseCovering(file.fileRange(of: info).lowerBound + offset ..< file.fileRange(of: info).lowerBound + offset + piece.count)
         }
         return hasher.hexDigest()
     }
 
+    try inputs.begin(sources)
     let hasBase = tensor.baseName != nil
     let read: ChunkReader = { model, elements, destination in
-        let (file, info) = sources[(model ?? -1) + (hasBase ? 1 : 0)]
-        file.readFloats(info, elements: elements, into: destination)
-    }
-    let release: ChunkReleaser = { elements in
-        for (file, info) in sources { file.mapping.release(file.fileRange(of: info, elements: elements)) }
+        inputs.readFloats((model ?? -1) + (hasBase ? 1 : 0), elements: elements, into: destination)
     }
     let merger = TensorMerger(
         method: plan.config.method, parameters: parameters, elementCount: tensor.elementCount,
-        canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read, release: release,
-        observeRead: { elements, threads in inputHashes.advance(sources, elements: elements, threads: threads) })
-    merger.prepare(threads: workers, workspaces: workspaces)
+        canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read,
+        load: { elements in inputs.load(elements) },
+        observeRead: { elements, threads in
+            inputHashes.advance(sources, elements: elements, threads: threads) { inputs.bytes($0, elements: elements) }
+        })
+    let window = bytesOut.count / 2
+    merger.prepare(threads: workers, workspaces: workspaces, window: window)
+    try inputs.rethrow()
 
     // Two sets of output buffers: workers fill one window while the writer thread drains the other,
     // so computing and writing overlap. Each set is reused only after its previous write finished.
     let outputSize = tensor.outputDType.size
     let pipeline = WritePipeline(writer: writer, hasher: hasher)
-    let window = bytesOut.count / 2
     for (index, windowStart) in stride(from: 0, to: merger.chunkCount, by: window).enumerated() {
         let set = index % 2
         pipeline.waitUntilDrained(set)
@@ -238,6 +241,7 @@ private func mergeTensor(
         merger.mergeWindow(first: windowStart, count: inWindow, workspaces: workspaces, threads: workers) { slot, offset, values, count in
             convertFromFloat(destinations[slot] + offset * outputSize, from: values, dtype: tensor.outputDType, count: count)
         }
+        try inputs.rethrow()
         let pieces = (0..<inWindow).map { slot in
             UnsafeRawBufferPointer(start: destinations[slot], count: merger.chunkElementCount(windowStart + slot) * outputSize)
         }

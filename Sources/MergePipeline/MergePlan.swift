@@ -199,18 +199,21 @@ public struct MergePlan: @unchecked Sendable {
     public var inputBytes: Int { (base.map { [$0] } ?? []).reduce(0) { $0 + $1.byteCount } + models.reduce(0) { $0 + $1.byteCount } }
     public var outputBytes: Int { shards.reduce(0) { $0 + $1.layout.fileSize } }
 
+    /// Bytes per element of the widest input dtype: what the input window buffers are sized for.
+    public var widestInputElement: Int {
+        ((base.map { [$0] } ?? []) + models).flatMap(\.files).flatMap(\.tensors).map(\.dtype.size).max() ?? 4
+    }
+
     /// Peak memory the data-free executor needs with `threads` workers: per worker its block scratch and
     /// two windows of converted output (one being written while the next is merged), TIES's histograms,
-    /// the input pages read since the last release, the shard's direct-write staging buffer, and what
-    /// the process itself holds.
+    /// one window of every input's bytes, the shard's direct-write staging buffer, and what the process
+    /// itself holds.
     public func estimatedPeakBytes(threads: Int) -> Int {
         let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + 2 * Self.windowChunks(workers: 1) * chunkSize * 8
         let histograms = config.method == .ties ? threads * models.count * TensorMerger.histogramBytes : 0
-        // Every input keeps up to one release span (and the window in flight) of mapped pages resident.
-        let widest = ((base.map { [$0] } ?? []) + models).flatMap(\.files).flatMap(\.tensors).map(\.dtype.size).max() ?? 4
-        let mappedInFlight = (models.count + 1) * (TensorMerger.releaseSpan + Self.windowChunks(workers: threads) * chunkSize) * widest
+        let inputWindow = (models.count + 1) * Self.windowChunks(workers: threads) * chunkSize * widestInputElement
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
-        return Self.processBaseline + threads * perWorker + histograms + mappedInFlight + headerBytes + OutputFile.directStagingBytes
+        return Self.processBaseline + threads * perWorker + histograms + inputWindow + headerBytes + OutputFile.directStagingBytes
             + distillPeakBytes(threads: threads)
     }
 

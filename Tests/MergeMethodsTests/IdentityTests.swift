@@ -15,7 +15,7 @@ func mergeInMemory(
     let merger = TensorMerger(method: method, parameters: parameters, elementCount: base.count, canonicalName: name,
                               seed: seed, chunkSize: chunkSize, read: read)
     let workspaces = (0..<threads).map { _ in MergeWorkspace(modelCount: models.count, blockSize: blockSize) }
-    merger.prepare(threads: threads, workspaces: workspaces)
+    merger.prepare(threads: threads, workspaces: workspaces, window: 3 * threads)
     var output = [Float](repeating: .nan, count: base.count)
     output.withUnsafeMutableBufferPointer { out in
         // Windows of more chunks than workers, as the executor merges them.
