@@ -1,6 +1,5 @@
 // TensorMerger: merges one tensor chunk by chunk, computing in cache-sized blocks, so memory is bounded by the chunk size, not the tensor.
 import Dispatch
-import Glibc
 import Synchronization
 
 /// Reads elements `elements` of a model's tensor as f32 into the buffer; `model` nil is the base.
@@ -276,91 +275,58 @@ public final class TensorMerger: @unchecked Sendable {
     // MARK: - Merging
 
     /// Merges chunks `first ..< first + count` on up to `threads` workers (one workspace each), handing
-    /// each finished block to `emit` with the chunk's slot in the window. Windows must come in order: where TIES drops
-    /// some of the elements tied at its threshold, which ones depends on how many ties earlier chunks
-    /// held. While more ties remain to keep than the window has elements, all of its ties are kept and
-    /// counted as it merges; in a window that may hold the last kept tie, each chunk counts its ties
-    /// before it merges (`mergeCountingFirst`).
+    /// each finished block to `emit` with the chunk's slot in the window. Windows must come in order.
+    ///
+    /// Where TIES drops some of the elements tied at its threshold, which ones depends on how many ties
+    /// the chunks before held, which workers merging chunks side by side do not know yet. A chunk
+    /// therefore keeps all its ties and counts them unless the chunks already finished in order show
+    /// the kept ties ran out (then it keeps none). Once the window is done the counts are exact, and
+    /// the few chunks that guessed wrong (the one where the kept ties run out, and those merged beside
+    /// it) are merged again with their ties numbered; `emit` overwrites their blocks. Counting each
+    /// window's ties before merging it read the inputs of about half of every tensor twice.
     public func mergeWindow(first: Int, count: Int, workspaces: [MergeWorkspace], threads: Int, emit: BlockEmitter) {
         precondition(first == nextChunk, "windows must be merged in order")
         let threads = min(threads, workspaces.count)
         let windowElements = elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound
-        var countFirst: [Int] = []
-        var countWhileMerging = [Bool](repeating: false, count: modelCount)
-        for model in 0..<modelCount where thresholds[model].dropsSomeTies {
-            let remaining = thresholds[model].keptAtThreshold - tiesSeen[model]
-            if remaining >= windowElements.count { countWhileMerging[model] = true } else if remaining > 0 { countFirst.append(model) }
-        }
-        var merged = Array(repeating: [Int](repeating: 0, count: modelCount), count: count)
-        if countFirst.isEmpty {
-            merged.withUnsafeMutableBufferPointer { counted in
-                forEachChunk(count, threads: threads) { worker, slot in
-                    load(elements(ofChunk: first + slot))
-                    counted[slot] = mergeChunk(first + slot, workspaces[worker], ties: tiesSeen.map { $0..<$0 }, counting: countWhileMerging) {
-                        offset, values, n in emit(slot, offset, values, n)
-                    }
-                }
+        let kept = thresholds.map(\.keptAtThreshold)
+        let dropping = thresholds.map(\.dropsSomeTies)
+        // Per slot: per fine-tune whether its ties were kept and counted (else none were kept), and the count.
+        let progress = Mutex(TieProgress(seen: tiesSeen, slots: count))
+        forEachChunk(count, threads: threads) { worker, slot in
+            load(elements(ofChunk: first + slot))
+            let counting = progress.withLock { state in (0..<modelCount).map { dropping[$0] && state.seen[$0] < kept[$0] } }
+            let counts = mergeChunk(first + slot, workspaces[worker], ties: kept.map { $0..<$0 }, counting: counting) {
+                offset, values, n in emit(slot, offset, values, n)
             }
-        } else {
-            let counts = mergeCountingFirst(first: first, count: count, models: countFirst, countWhileMerging: countWhileMerging,
-                                            workspaces: workspaces, threads: threads, merged: &merged, emit: emit)
-            for slot in 0..<count { for model in countFirst { tiesSeen[model] += counts[slot][model] } }
+            progress.withLock { $0.finish(slot, counting: counting, counts: counts) }
         }
-        for slot in 0..<count { for model in 0..<modelCount { tiesSeen[model] += merged[slot][model] } }
+        let (counting, counts) = progress.withLock { ($0.counting, $0.counts) }
+        // Exact numbering of every chunk's ties, and the chunks whose guess was wrong.
+        var tieRanges: [[Range<Int>]] = []
+        var remerge: [Int] = []
+        for slot in 0..<count {
+            var wrong = false
+            tieRanges.append((0..<modelCount).map { model in
+                guard dropping[model] else { return 0..<0 }
+                // A chunk that kept no ties did so because the chunks before it, all counted, had used
+                // up the ties to keep: `tiesSeen` is past `kept` here (its own ties were not counted).
+                guard counting[slot]![model] else { return tiesSeen[model]..<tiesSeen[model] }
+                let range = tiesSeen[model]..<tiesSeen[model] + counts[slot]![model]
+                tiesSeen[model] = range.upperBound
+                wrong = wrong || range.upperBound > kept[model]
+                return range
+            })
+            if wrong { remerge.append(slot) }
+        }
+        forEachChunk(remerge.count, threads: threads) { worker, index in
+            let slot = remerge[index]
+            load(elements(ofChunk: first + slot))
+            _ = mergeChunk(first + slot, workspaces[worker], ties: tieRanges[slot], counting: [Bool](repeating: false, count: modelCount)) {
+                offset, values, n in emit(slot, offset, values, n)
+            }
+        }
         nextChunk += count
         observeRead(windowElements, threads)
-    }
-
-    /// Merges a window where fine-tunes `models` may run out of ties to keep. Each chunk counts its
-    /// ties, publishes the count, waits until every earlier chunk of the window has published, and
-    /// merges with its ties numbered, its inputs still in cache from counting (a counting pass over
-    /// the whole window first read them from memory twice). Workers take chunks in order and count
-    /// before they wait, so the chunks waited for always finish counting. Returns every chunk's counts.
-    private func mergeCountingFirst(first: Int, count: Int, models: [Int], countWhileMerging: [Bool], workspaces: [MergeWorkspace],
-                                    threads: Int, merged: inout [[Int]], emit: BlockEmitter) -> [[Int]] {
-        let state = Mutex((counts: Array(repeating: [Int](repeating: 0, count: modelCount), count: count),
-                           done: [Bool](repeating: false, count: count), prefix: 0))
-        // Chunks 0 ..< prefix have all published their counts.
-        let prefix = Atomic<Int>(0)
-        let seenBefore = tiesSeen
-        merged.withUnsafeMutableBufferPointer { counted in
-            forEachChunk(count, threads: threads) { worker, slot in
-                load(elements(ofChunk: first + slot))
-                let ties = countTies(chunk: first + slot, models: models, workspaces[worker])
-                state.withLock { state in
-                    state.counts[slot] = ties
-                    state.done[slot] = true
-                    while state.prefix < count, state.done[state.prefix] { state.prefix += 1 }
-                    prefix.store(state.prefix, ordering: .releasing)
-                }
-                while prefix.load(ordering: .acquiring) < slot { sched_yield() }
-                let earlier = state.withLock { state in state.counts[0..<slot] }
-                let ranges = (0..<modelCount).map { model in
-                    let before = seenBefore[model] + earlier.reduce(0) { $0 + $1[model] }
-                    return before..<before + ties[model]
-                }
-                counted[slot] = mergeChunk(first + slot, workspaces[worker], ties: ranges, counting: countWhileMerging) {
-                    offset, values, n in emit(slot, offset, values, n)
-                }
-            }
-        }
-        return state.withLock { $0.counts }
-    }
-
-    /// Per fine-tune in `models`, how many elements of `chunk` are tied at its threshold.
-    private func countTies(chunk: Int, models: [Int], _ workspace: MergeWorkspace) -> [Int] {
-        var ties = [Int](repeating: 0, count: modelCount)
-        forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
-            read(nil, block, workspace.base)
-            for model in models {
-                loadTaskVector(model, block: block, workspace)
-                let tau = workspace.models[model], bits = thresholds[model].thresholdBits
-                var equal: UInt32 = 0
-                for j in 0..<block.count { equal &+= magnitudeBits(tau[j]) == bits ? 1 : 0 }
-                ties[model] += Int(equal)
-            }
-        }
-        return ties
     }
 
     /// Merges one chunk block by block. `ties[i]` numbers the chunk's elements tied at fine-tune i's
@@ -464,11 +430,15 @@ public final class TensorMerger: @unchecked Sendable {
             if threshold.keepNone { tau.update(repeating: 0, count: block.count); return 0 }
             let bits = threshold.thresholdBits
             if counting {
+                // Branch-free on the bits, so that the loop vectorises: written with `magnitude == bits ? 1 : 0`
+                // the compiler kept it scalar and branchy, 11× slower. (m ^ t) − 1 has its top bit set
+                // only when m == t, as both are below 2³¹.
+                let raw = UnsafeMutableRawPointer(tau).assumingMemoryBound(to: UInt32.self)
                 var equal: UInt32 = 0
                 for j in 0..<block.count {
-                    let magnitude = magnitudeBits(tau[j])
-                    tau[j] = magnitude >= bits ? tau[j] : 0
-                    equal &+= magnitude == bits ? 1 : 0
+                    let magnitude = raw[j] & 0x7FFF_FFFF
+                    raw[j] = magnitude >= bits ? raw[j] : 0
+                    equal &+= ((magnitude ^ bits) &- 1) >> 31
                 }
                 return Int(equal)
             }
@@ -506,6 +476,32 @@ public final class TensorMerger: @unchecked Sendable {
                 for j in 0..<block.count { tau[j] = (tau[j] * mask[j]) * scale }
             }
             return 0
+        }
+    }
+}
+
+/// What `mergeWindow` knows while its chunks are merged side by side: per fine-tune the ties counted
+/// in the chunks finished in order from the window's first, and per finished chunk how it treated ties.
+struct TieProgress {
+    var seen: [Int]
+    var counting: [[Bool]?]
+    var counts: [[Int]?]
+    private var prefix = 0
+
+    init(seen: [Int], slots: Int) {
+        self.seen = seen
+        counting = Array(repeating: nil, count: slots)
+        counts = Array(repeating: nil, count: slots)
+    }
+
+    /// Records chunk `slot` and adds the counts of every chunk now finished in order to `seen`. A
+    /// fine-tune whose ties a chunk did not count had already run out of ties to keep: it stays so.
+    mutating func finish(_ slot: Int, counting: [Bool], counts: [Int]) {
+        self.counting[slot] = counting
+        self.counts[slot] = counts
+        while prefix < self.counts.count, let done = self.counts[prefix], let kinds = self.counting[prefix] {
+            for model in seen.indices where kinds[model] { seen[model] += done[model] }
+            prefix += 1
         }
     }
 }
