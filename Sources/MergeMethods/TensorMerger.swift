@@ -5,8 +5,9 @@ import Synchronization
 /// Reads elements `elements` of a model's tensor as f32 into the buffer; `model` nil is the base.
 public typealias ChunkReader = @Sendable (_ model: Int?, _ elements: Range<Int>, _ into: UnsafeMutablePointer<Float>) -> Void
 
-/// Brings elements `elements` of every input to where `read` takes them from. Called by the worker
-/// about to read a chunk, before its first read (the executor `pread`s the chunk into a buffer).
+/// Brings elements `elements` of every input to where `read` takes them from, where they stay until
+/// the window (or preparation window) holding them is done. Called by the worker about to read a
+/// chunk, before its first read (the executor `pread`s the chunk into a buffer).
 public typealias ChunkLoader = @Sendable (_ elements: Range<Int>) -> Void
 
 /// Told that elements `elements` of every input have just been read, with how many threads it may
@@ -320,7 +321,6 @@ public final class TensorMerger: @unchecked Sendable {
         }
         forEachChunk(remerge.count, threads: threads) { worker, index in
             let slot = remerge[index]
-            load(elements(ofChunk: first + slot))
             _ = mergeChunk(first + slot, workspaces[worker], ties: tieRanges[slot], counting: [Bool](repeating: false, count: modelCount)) {
                 offset, values, n in emit(slot, offset, values, n)
             }
