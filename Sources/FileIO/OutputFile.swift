@@ -22,7 +22,7 @@ public final class OutputFile {
         temporaryPath = path + ".partial"
         fd = try Syscalls.open(temporaryPath, O_RDWR | O_CREAT | O_TRUNC)
         position = 0
-        direct = bypassingCache ? try DirectWrites(path: temporaryPath, at: 0, existing: fd) : nil
+        direct = bypassingCache ? try DirectWrites(path: temporaryPath, at: 0, buffered: fd) : nil
     }
 
     /// Reopens an existing `.partial` file, truncated to `offset` bytes, to continue writing after a crash.
@@ -34,7 +34,7 @@ public final class OutputFile {
         try Syscalls.lseek(fd, offset, path: temporaryPath)
         position = offset
         writebackStart = offset
-        direct = bypassingCache ? try DirectWrites(path: temporaryPath, at: offset, existing: fd) : nil
+        direct = bypassingCache ? try DirectWrites(path: temporaryPath, at: offset, buffered: fd) : nil
     }
 
     deinit {
@@ -44,8 +44,9 @@ public final class OutputFile {
     /// Memory a file written `bypassingCache` holds for staging, for estimates.
     public static let directStagingBytes = DirectWrites.stagingSize
 
-    /// Whether bytes go to the device directly (`bypassingCache` was asked for and the file system allows it).
-    public var isDirect: Bool { direct != nil }
+    /// Whether bytes go to the device directly (`bypassingCache` was asked for and the file system and
+    /// device allow it).
+    public var isDirect: Bool { direct?.isDirect ?? false }
 
     /// Writes all of `bytes` (direct: stages them, writing whole staging buffers).
     public func write(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
@@ -68,7 +69,7 @@ public final class OutputFile {
     /// starts writing cached ones to disk without waiting, so that the final fsync finds little left
     /// to do instead of the whole file.
     public func flush() throws(SystemError) {
-        if let direct { try direct.flush(through: fd) }
+        if let direct { try direct.flush() }
         guard position > writebackStart else { return }
         Syscalls.startWriteback(fd, writebackStart, position - writebackStart)
         writebackStart = position
@@ -78,7 +79,7 @@ public final class OutputFile {
     /// survives a crash. Without `durable` it only closes and renames: the file is complete under its
     /// final name or absent, but a power loss may take it back to an earlier version.
     public func commit(durable: Bool = true) throws(SystemError) {
-        try direct?.flush(through: fd)
+        try direct?.flush()
         if durable { try Syscalls.fsync(fd, path: temporaryPath) }
         Syscalls.close(fd)
         fd = -1

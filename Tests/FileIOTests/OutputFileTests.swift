@@ -1,6 +1,7 @@
 // OutputFileTests: bytes written through the cache and around it (O_DIRECT) land in the file exactly, flushes and resumes included.
-import FileIO
+@testable import FileIO
 import Foundation
+import Glibc
 import Testing
 
 @Suite("Output files")
@@ -73,5 +74,25 @@ struct OutputFileTests {
         }
         try resumed.commit()
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(expected))
+    }
+
+    @Test("A device that refuses a direct write's alignment gets the rest of the file through the cache")
+    func fallsBackOnRefusedAlignment() throws {
+        let path = try scratchPath("out.bin")
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
+        #expect(fd >= 0)
+        defer { Glibc.close(fd) }
+        // 256-byte alignment: the full staging buffer (4 MiB at offset 0) suits the 512-byte blocks of
+        // this machine's disk; the 768 bytes flushed after it do not, and the kernel says EINVAL.
+        let direct = try #require(try DirectWrites(path: path, at: 0, buffered: fd, alignment: 256))
+        let all = pieces(seed: 3)
+        let bytes = Array((all[4] + all[3] + all[2]).prefix(DirectWrites.stagingSize + 768 + 100))
+        try bytes.withUnsafeBytes { try direct.write(UnsafeRawBufferPointer(rebasing: $0[0..<DirectWrites.stagingSize])) }
+        #expect(direct.isDirect, "whole 4 MiB at offset 0 goes direct")
+        try bytes.withUnsafeBytes { try direct.write(UnsafeRawBufferPointer(rebasing: $0[DirectWrites.stagingSize...])) }
+        try direct.flush()
+        #expect(!direct.isDirect, "a 768-byte direct write is refused on 512-byte blocks")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(bytes))
     }
 }
