@@ -72,7 +72,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     var tensorHashes = journal.tensor_hashes
     var finishedShards = journal.finished_shards
     let workspaces = (0..<workers).map { _ in MergeWorkspace(modelCount: plan.models.count) }
-    let bytesOut = (0..<2 * MergePlan.windowChunks(workers: workers)).map { _ in
+    let bytesOut = (0..<MergePlan.outputWindows * MergePlan.windowChunks(workers: workers)).map { _ in
         UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * 8, alignment: 64)
     }
     defer { bytesOut.forEach { $0.deallocate() } }
@@ -224,16 +224,17 @@ private func mergeTensor(
         observeRead: { elements, threads in
             inputHashes.advance(sources, elements: elements, threads: threads) { inputs.bytes($0, elements: elements) }
         })
-    let window = bytesOut.count / 2
+    let window = bytesOut.count / MergePlan.outputWindows
     merger.prepare(threads: workers, workspaces: workspaces, window: window)
     try inputs.rethrow()
 
-    // Two sets of output buffers: workers fill one window while the writer thread drains the other,
-    // so computing and writing overlap. Each set is reused only after its previous write finished.
+    // `MergePlan.outputWindows` sets of output buffers: workers fill one window while the writer thread
+    // drains the others, so computing and writing overlap. Each set is reused only after its previous
+    // write finished.
     let outputSize = tensor.outputDType.size
     let pipeline = WritePipeline(writer: writer, hasher: hasher)
     for (index, windowStart) in stride(from: 0, to: merger.chunkCount, by: window).enumerated() {
-        let set = index % 2
+        let set = index % MergePlan.outputWindows
         pipeline.waitUntilDrained(set)
         try pipeline.rethrow()
         let inWindow = min(window, merger.chunkCount - windowStart)
@@ -247,8 +248,7 @@ private func mergeTensor(
         }
         pipeline.write(pieces, set: set)
     }
-    pipeline.waitUntilDrained(0)
-    pipeline.waitUntilDrained(1)
+    for set in 0..<MergePlan.outputWindows { pipeline.waitUntilDrained(set) }
     try pipeline.rethrow()
     return hasher.hexDigest()
 }
@@ -276,7 +276,7 @@ private final class WritePipeline: @unchecked Sendable {
     private let writer: ShardStreamWriter
     private let hasher: XXH3Hasher
     private let queue = DispatchQueue(label: "streammerge.writer")
-    private let groups = [DispatchGroup(), DispatchGroup()]
+    private let groups = (0..<MergePlan.outputWindows).map { _ in DispatchGroup() }
     private let lock = NSLock()
     private var failure: Error?
 

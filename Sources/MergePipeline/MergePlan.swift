@@ -59,6 +59,10 @@ public struct MergePlan: @unchecked Sendable {
     /// chunks are written in order) rarely leaves a worker idle.
     public static func windowChunks(workers: Int) -> Int { 8 * workers }
 
+    /// Windows of converted output in flight: one being merged and up to three queued for the writer,
+    /// so that a direct write waiting on the device (a few ms now and then) does not stall the workers.
+    public static let outputWindows = 4
+
     /// Opens every input (headers only: tensor data is mapped, not read) and plans the merge.
     /// - Throws: `SafetensorsError` or `MergeError` naming the file and tensor at fault.
     public init(config: MergeConfig, shardSize: Int? = nil, chunkSize: Int = MergePlan.defaultChunkSize) throws {
@@ -205,11 +209,11 @@ public struct MergePlan: @unchecked Sendable {
     }
 
     /// Peak memory the data-free executor needs with `threads` workers: per worker its block scratch and
-    /// two windows of converted output (one being written while the next is merged), TIES's histograms,
+    /// `outputWindows` windows of converted output (being written while the next is merged), TIES's histograms,
     /// one window of every input's bytes, the shard's direct-write staging buffer, and what the process
     /// itself holds.
     public func estimatedPeakBytes(threads: Int) -> Int {
-        let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + 2 * Self.windowChunks(workers: 1) * chunkSize * 8
+        let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + Self.outputWindows * Self.windowChunks(workers: 1) * chunkSize * 8
         let histograms = config.method == .ties ? threads * models.count * TensorMerger.histogramBytes : 0
         let inputWindow = (models.count + 1) * Self.windowChunks(workers: threads) * chunkSize * widestInputElement
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
