@@ -73,7 +73,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     var finishedShards = journal.finished_shards
     let workspaces = (0..<workers).map { _ in MergeWorkspace(modelCount: plan.models.count) }
     let bytesOut = (0..<MergePlan.outputWindows * MergePlan.windowChunks(workers: workers)).map { _ in
-        UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * 8, alignment: 64)
+        UnsafeMutableRawPointer.allocate(byteCount: plan.chunkSize * plan.widestOutputElement, alignment: 64)
     }
     defer { bytesOut.forEach { $0.deallocate() } }
     let inputWindow = InputWindow(capacity: MergePlan.windowChunks(workers: workers) * plan.chunkSize,

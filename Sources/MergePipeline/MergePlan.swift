@@ -203,6 +203,9 @@ public struct MergePlan: @unchecked Sendable {
     public var inputBytes: Int { (base.map { [$0] } ?? []).reduce(0) { $0 + $1.byteCount } + models.reduce(0) { $0 + $1.byteCount } }
     public var outputBytes: Int { shards.reduce(0) { $0 + $1.layout.fileSize } }
 
+    /// Bytes per element of the widest output dtype: what the output window buffers are sized for.
+    public var widestOutputElement: Int { tensors.map(\.outputDType.size).max() ?? 4 }
+
     /// Bytes per element of the widest input dtype: what the input window buffers are sized for.
     public var widestInputElement: Int {
         ((base.map { [$0] } ?? []) + models).flatMap(\.files).flatMap(\.tensors).map(\.dtype.size).max() ?? 4
@@ -213,7 +216,7 @@ public struct MergePlan: @unchecked Sendable {
     /// one window of every input's bytes, the shard's direct-write staging buffer, and what the process
     /// itself holds.
     public func estimatedPeakBytes(threads: Int) -> Int {
-        let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + Self.outputWindows * Self.windowChunks(workers: 1) * chunkSize * 8
+        let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + Self.outputWindows * Self.windowChunks(workers: 1) * chunkSize * widestOutputElement
         let histograms = config.method == .ties ? threads * models.count * TensorMerger.histogramBytes : 0
         let inputWindow = (models.count + 1) * Self.windowChunks(workers: threads) * chunkSize * widestInputElement
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
