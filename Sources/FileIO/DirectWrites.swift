@@ -50,20 +50,9 @@ final class DirectWrites {
         Syscalls.madvise(staging, Self.stagingSize, MADV_HUGEPAGE)
         stagedStart = offset / alignment * alignment
         staged = offset - stagedStart
-        var done = 0
-        while done < staged {
-            let count: Int
-            do { count = try Syscalls.pread(buffered, staging + done, staged - done, stagedStart + done, path: path) } catch {
-                staging.deallocate()
-                Syscalls.close(fd)
-                throw error
-            }
-            guard count > 0 else {
-                staging.deallocate()
-                Syscalls.close(fd)
-                throw SystemError(call: "pread", path: path, errno: EIO)
-            }
-            done += count
+        // A failure here releases the buffer and descriptor in `deinit`: the object is fully initialised.
+        guard try Syscalls.preadFully(buffered, staging, staged, stagedStart, path: path) else {
+            throw SystemError(call: "pread", path: path, errno: EIO)
         }
     }
 

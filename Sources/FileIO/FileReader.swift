@@ -51,12 +51,6 @@ public final class PositionalReader {
 
     /// Reads exactly `count` bytes at `offset` into `buffer`; false if the file ends first.
     public func read(into buffer: UnsafeMutableRawPointer, count: Int, at offset: Int) throws(SystemError) -> Bool {
-        var done = 0
-        while done < count {
-            let got = try Syscalls.pread(fd, buffer + done, count - done, offset + done, path: path)
-            if got == 0 { return false }
-            done += got
-        }
-        return true
+        try Syscalls.preadFully(fd, buffer, count, offset, path: path)
     }
 }

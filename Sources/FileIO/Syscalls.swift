@@ -46,6 +46,18 @@ enum Syscalls {
         try retrying("write", path) { Glibc.write(fd, buffer, count) }
     }
 
+    /// Reads exactly `count` bytes at `offset`, looping over short reads; false if the file ends first.
+    static func preadFully(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, _ offset: Int,
+                           path: String) throws(SystemError) -> Bool {
+        var done = 0
+        while done < count {
+            let got = try pread(fd, buffer + done, count - done, offset + done, path: path)
+            if got == 0 { return false }
+            done += got
+        }
+        return true
+    }
+
     static func pwrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int, _ offset: Int,
                        path: String) throws(SystemError) -> Int {
         try retrying("pwrite", path) { Glibc.pwrite(fd, buffer, count, off_t(offset)) }

@@ -19,16 +19,14 @@ public typealias ReadObserver = (_ elements: Range<Int>, _ threads: Int) -> Void
 /// element's offset within that chunk, and its `count` values. Called on the worker that merged it.
 public typealias BlockEmitter = (_ slot: Int, _ offset: Int, _ values: UnsafePointer<Float>, _ count: Int) -> Void
 
-/// Per-thread scratch: one block of the base, of each fine-tune, of three running sums and of the
-/// output, and one block of histogram keys per fine-tune.
+/// Per-thread scratch: one block of the base, of each fine-tune, of DARE's mask and of the output, and
+/// one block of histogram keys per fine-tune.
 /// A block is small enough that all of them stay in the core's cache while a chunk is merged.
 public final class MergeWorkspace: @unchecked Sendable {
     public static let defaultBlockSize = 4096
     let blockSize: Int
     let base: UnsafeMutablePointer<Float>
     let models: [UnsafeMutablePointer<Float>]
-    let accumulator: UnsafeMutablePointer<Float>
-    let divisor: UnsafeMutablePointer<Float>
     let scratch: UnsafeMutablePointer<Float>
     let output: UnsafeMutablePointer<Float>
     let keys: UnsafeMutablePointer<UInt32>
@@ -37,8 +35,6 @@ public final class MergeWorkspace: @unchecked Sendable {
         self.blockSize = blockSize
         base = .allocate(capacity: blockSize)
         models = (0..<modelCount).map { _ in .allocate(capacity: blockSize) }
-        accumulator = .allocate(capacity: blockSize)
-        divisor = .allocate(capacity: blockSize)
         scratch = .allocate(capacity: blockSize)
         output = .allocate(capacity: blockSize)
         keys = .allocate(capacity: modelCount * blockSize)
@@ -47,15 +43,13 @@ public final class MergeWorkspace: @unchecked Sendable {
     deinit {
         base.deallocate()
         models.forEach { $0.deallocate() }
-        accumulator.deallocate()
-        divisor.deallocate()
         scratch.deallocate()
         output.deallocate()
         keys.deallocate()
     }
 
     /// Bytes held, for memory estimates.
-    public static func byteCount(modelCount: Int, blockSize: Int = defaultBlockSize) -> Int { (2 * modelCount + 5) * blockSize * 4 }
+    public static func byteCount(modelCount: Int, blockSize: Int = defaultBlockSize) -> Int { (2 * modelCount + 3) * blockSize * 4 }
 }
 
 /// Runs `body(worker, chunk)` over `chunkCount` chunks on up to `threads` workers, each taking the next
@@ -404,14 +398,17 @@ public final class TensorMerger: @unchecked Sendable {
 
     /// linear: Σwᵢθᵢ, divided by Σwᵢ when normalising. The base model takes no part.
     private func combineLinear(count: Int, _ workspace: MergeWorkspace) {
-        let acc = workspace.accumulator, output = workspace.output
-        acc.update(repeating: 0, count: count)
+        // The sum runs in `output` itself.
+        let output = workspace.output
+        output.update(repeating: 0, count: count)
         for model in 0..<modelCount {
             let theta = workspace.models[model], w = parameters.weights[model]
-            for j in 0..<count { acc[j] = acc[j] + w * theta[j] }
+            for j in 0..<count { output[j] = output[j] + w * theta[j] }
         }
-        let total = parameters.normalize ? parameters.weights.reduce(Float(0)) { $0 + $1 } : 1
-        for j in 0..<count { output[j] = parameters.normalize ? acc[j] / total : acc[j] }
+        if parameters.normalize {
+            let total = parameters.weights.reduce(Float(0)) { $0 + $1 }
+            for j in 0..<count { output[j] = output[j] / total }
+        }
     }
 
     /// Zeroes the elements of the block's τ that the method drops, rescaling DARE's survivors.

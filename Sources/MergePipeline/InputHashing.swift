@@ -70,7 +70,7 @@ final class InputHashes: @unchecked Sendable {
     private let byFile: [ObjectIdentifier: InputHashCursor]
 
     init(_ plan: MergePlan) {
-        cursors = inputFiles(plan).map(InputHashCursor.init)
+        cursors = plan.inputFiles.map(InputHashCursor.init)
         byFile = Dictionary(cursors.map { (ObjectIdentifier($0.file), $0) }, uniquingKeysWith: { first, _ in first })
     }
 

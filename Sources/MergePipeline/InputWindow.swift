@@ -20,6 +20,8 @@ final class InputWindow: @unchecked Sendable {
     private var readers: [String: PositionalReader] = [:]
     private(set) var sources: [(SafetensorsFile, TensorInfo)] = []
     private var sourceReaders: [PositionalReader] = []
+    /// The inputs' dtypes, apart from `sources` so that per-block reads copy no `TensorInfo`.
+    private var dtypes: [DType] = []
     private let lock = NSLock()
     private var failure: Error?
 
@@ -35,6 +37,7 @@ final class InputWindow: @unchecked Sendable {
     func begin(_ sources: [(SafetensorsFile, TensorInfo)]) throws {
         precondition(sources.count <= buffers.count)
         self.sources = sources
+        dtypes = sources.map(\.1.dtype)
         sourceReaders = try sources.map { file, _ in
             if let reader = readers[file.path] { return reader }
             let reader = try PositionalReader(path: file.path)
@@ -62,18 +65,18 @@ final class InputWindow: @unchecked Sendable {
 
     /// Converts elements `elements` of input `index` (loaded before) to f32 into `destination`.
     func readFloats(_ index: Int, elements: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
-        let info = sources[index].1
-        convertToFloat(destination, from: buffers[index] + (elements.lowerBound % capacity) * info.dtype.size,
-                       dtype: info.dtype, count: elements.count)
+        let dtype = dtypes[index]
+        convertToFloat(destination, from: buffers[index] + (elements.lowerBound % capacity) * dtype.size,
+                       dtype: dtype, count: elements.count)
     }
 
     /// The loaded bytes of elements `elements` (within one window) of input `index`.
     func bytes(_ index: Int, elements: Range<Int>) -> UnsafeRawBufferPointer {
-        let size = sources[index].1.dtype.size
+        let size = dtypes[index].size
         return UnsafeRawBufferPointer(start: buffers[index] + (elements.lowerBound % capacity) * size, count: elements.count * size)
     }
 
-    /// Throws the first read failure since the tensor began.
+    /// Throws the first read failure.
     func rethrow() throws {
         if let error = lock.withLock({ failure }) { throw error }
     }

@@ -107,12 +107,13 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         }
         // Page faults map neighbouring pages too ("fault-around"), including pages of tensors released
         // earlier; dropping every page of each input after each layer keeps them from piling up.
-        for file in (plan.base?.files ?? []) + plan.models.flatMap(\.files) { file.mapping.releaseAll() }
+        for file in plan.inputFiles { file.mapping.releaseAll() }
         try writer.flush()
         try distiller?.layerWritten(layer.key)
-        // No fsync of the shard here: after a killed process the page cache still holds every byte
-        // written, and after a power loss the resume re-hashes the partial shard against the journal's
-        // prefix hash and refuses rather than continue from bytes that never reached the disk.
+        // No fsync of the shard here: after a killed process every flushed byte is in the file (on the
+        // device or in the page cache), and after a power loss the resume re-hashes the partial shard
+        // against the journal's prefix hash and refuses rather than continue from bytes that never
+        // reached the disk.
         journal = Journal(
             config_xxh3_128: configHash, inputs: inputs, tensors_done: layer.tensors.upperBound, shard: writer.shardIndex,
             shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
@@ -173,14 +174,9 @@ private func prepareOutputDirectory(_ out: String, options: MergeOptions) throws
     return nil
 }
 
-/// Every input weight file, base first, in plan order.
-func inputFiles(_ plan: MergePlan) -> [SafetensorsFile] {
-    (plan.base.map { [$0] } ?? []).flatMap(\.files) + plan.models.flatMap(\.files)
-}
-
 /// Size and modification time of every input: enough for `--resume` to notice a replaced input.
 private func inputIdentities(_ plan: MergePlan) throws -> [Journal.InputIdentity] {
-    try inputFiles(plan).map(\.path).map { path in
+    try plan.inputFiles.map(\.path).map { path in
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         let modified = (attributes[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
         return Journal.InputIdentity(path: path, size: (attributes[.size] as? Int) ?? -1, modified: modified)

@@ -200,7 +200,10 @@ public struct MergePlan: @unchecked Sendable {
 
     // MARK: - Figures
 
-    public var inputBytes: Int { (base.map { [$0] } ?? []).reduce(0) { $0 + $1.byteCount } + models.reduce(0) { $0 + $1.byteCount } }
+    /// Every input weight file, base first, in plan order.
+    public var inputFiles: [SafetensorsFile] { (base.map { [$0] } ?? []).flatMap(\.files) + models.flatMap(\.files) }
+
+    public var inputBytes: Int { inputFiles.reduce(0) { $0 + $1.mapping.size } }
     public var outputBytes: Int { shards.reduce(0) { $0 + $1.layout.fileSize } }
 
     /// Bytes per element of the widest output dtype: what the output window buffers are sized for.
@@ -208,7 +211,7 @@ public struct MergePlan: @unchecked Sendable {
 
     /// Bytes per element of the widest input dtype: what the input window buffers are sized for.
     public var widestInputElement: Int {
-        ((base.map { [$0] } ?? []) + models).flatMap(\.files).flatMap(\.tensors).map(\.dtype.size).max() ?? 4
+        inputFiles.flatMap(\.tensors).map(\.dtype.size).max() ?? 4
     }
 
     /// Peak memory the data-free executor needs with `threads` workers: per worker its block scratch and

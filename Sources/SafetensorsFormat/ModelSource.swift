@@ -108,7 +108,4 @@ public final class ModelSource: @unchecked Sendable {
 
     /// `model_type` from config.json, if any.
     public var modelType: String? { config?["model_type"] as? String }
-
-    /// Total bytes of all weight files.
-    public var byteCount: Int { files.reduce(0) { $0 + $1.mapping.size } }
 }
