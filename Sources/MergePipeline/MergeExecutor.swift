@@ -69,7 +69,6 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     // Position 0: nothing of the shard was written yet (killed before the first layer).
     try writer.open(shard: journal.shard, resumingAt: journalBefore == nil || journal.shard_position == 0 ? nil : journal.shard_position,
                     expectedPrefixHash: journal.shard_prefix_xxh3_128)
-    var tensorHashes = journal.tensor_hashes
     var finishedShards = journal.finished_shards
     let workspaces = (0..<workers).map { _ in MergeWorkspace(modelCount: plan.models.count) }
     let bytesOut = (0..<MergePlan.outputWindows * MergePlan.windowChunks(workers: workers)).map { _ in
@@ -78,6 +77,10 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
     defer { bytesOut.forEach { $0.deallocate() } }
     let inputWindow = InputWindow(capacity: MergePlan.windowChunks(workers: workers) * plan.chunkSize,
                                   widestElement: plan.widestInputElement, inputCount: plan.models.count + 1)
+    // Writes, hashes and journals run in order on the pipeline's thread while the workers merge on;
+    // whatever touches the writer from this thread drains it first.
+    let pipeline = WritePipeline(writer: writer, sets: MergePlan.outputWindows)
+    let records = TensorRecords(journal.tensor_hashes)
 
     for (layerNumber, layer) in plan.layers.enumerated() {
         guard layer.tensors.upperBound > journal.tensors_done else { continue }
@@ -86,47 +89,66 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
             let tensor = plan.tensors[index]
             let shardIndex = plan.shards.firstIndex { $0.tensors.contains(index) }!
             if shardIndex != writer.shardIndex {
+                try pipeline.drain()
                 finishedShards.append(try writer.commit())
                 try writer.open(shard: shardIndex, resumingAt: nil, expectedPrefixHash: "")
                 try writer.flush()
                 journal = Journal(
                     config_xxh3_128: configHash, inputs: inputs, tensors_done: index, shard: shardIndex,
                     shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
-                    finished_shards: finishedShards, tensor_hashes: tensorHashes, layer_statistics: distiller?.statistics, layer_timings: distiller?.timings)
+                    finished_shards: finishedShards, tensor_hashes: records.all, layer_statistics: distiller?.statistics, layer_timings: distiller?.timings)
                 try journalWriter.save(journal)
             }
-            let hash = if let values = trained?[tensor.canonicalName] {
-                try writeTrainedTensor(values, tensor, plan: plan, writer: writer, bytes: bytesOut[0])
+            let hasher = if let values = trained?[tensor.canonicalName] {
+                try writeTrainedTensor(values, tensor, plan: plan, pipeline: pipeline, bytes: bytesOut[0])
             } else {
-                try mergeTensor(tensor, plan: plan, writer: writer, workers: workers, workspaces: workspaces, bytesOut: bytesOut,
+                try mergeTensor(tensor, plan: plan, pipeline: pipeline, workers: workers, workspaces: workspaces, bytesOut: bytesOut,
                                 inputs: inputWindow, inputHashes: inputHashes)
             }
-            tensorHashes.append(Manifest.TensorRecord(
-                name: tensor.name, file: plan.shards[shardIndex].fileName, dtype: tensor.outputDType.rawValue,
-                shape: tensor.shape, xxh3_64: hash))
+            // The tensor's hash is final once the pipeline has written it.
+            let fileName = plan.shards[shardIndex].fileName
+            pipeline.run {
+                records.append(Manifest.TensorRecord(
+                    name: tensor.name, file: fileName, dtype: tensor.outputDType.rawValue, shape: tensor.shape, xxh3_64: hasher.hexDigest()))
+            }
         }
         // Page faults map neighbouring pages too ("fault-around"), including pages of tensors released
         // earlier; dropping every page of each input after each layer keeps them from piling up.
         for file in plan.inputFiles { file.mapping.releaseAll() }
-        try writer.flush()
-        try distiller?.layerWritten(layer.key)
         // No fsync of the shard here: after a killed process every flushed byte is in the file (on the
         // device or in the page cache), and after a power loss the resume re-hashes the partial shard
         // against the journal's prefix hash and refuses rather than continue from bytes that never
         // reached the disk.
-        journal = Journal(
-            config_xxh3_128: configHash, inputs: inputs, tensors_done: layer.tensors.upperBound, shard: writer.shardIndex,
-            shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
-            finished_shards: finishedShards, tensor_hashes: tensorHashes, layer_statistics: distiller?.statistics, layer_timings: distiller?.timings)
-        try journalWriter.save(journal)
+        let layerJournal = { [finishedShards] in
+            Journal(
+                config_xxh3_128: configHash, inputs: inputs, tensors_done: layer.tensors.upperBound, shard: writer.shardIndex,
+                shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
+                finished_shards: finishedShards, tensor_hashes: records.all, layer_statistics: distiller?.statistics,
+                layer_timings: distiller?.timings)
+        }
         if let distiller {
+            try pipeline.drain()
+            try writer.flush()
+            try distiller.layerWritten(layer.key)
+            journal = layerJournal()
+            try journalWriter.save(journal)
             // The layer's cached activations go only once the journal no longer needs them for a resume.
             try journalWriter.finish()
             distiller.layerCommitted(layer.key)
+        } else {
+            // The journal is written behind the layer's last write, while the next layer merges.
+            let progress = options.progress, layers = plan.layers.count
+            pipeline.run {
+                try writer.flush()
+                try journalWriter.save(layerJournal())
+                progress?(layerNumber + 1, layers, writer.totalWritten)
+            }
         }
         releaseFreedTensorMemory()
-        options.progress?(layerNumber + 1, plan.layers.count, writer.totalWritten)
+        if distiller != nil { options.progress?(layerNumber + 1, plan.layers.count, writer.totalWritten) }
     }
+    try pipeline.drain()
+    let tensorHashes = records.all
     finishedShards.append(try writer.commit())
     try journalWriter.finish()
 
@@ -184,28 +206,30 @@ private func inputIdentities(_ plan: MergePlan) throws -> [Journal.InputIdentity
 }
 
 /// Merges one tensor in windows of chunks: workers merge and convert to the output dtype in
-/// parallel, then the chunks are written and hashed in order. Returns the tensor's XXH3-64.
+/// parallel, and the pipeline writes and hashes the chunks in order. Returns the tensor's XXH3-64
+/// hasher, complete once the pipeline has written the tensor.
 private func mergeTensor(
-    _ tensor: PlannedTensor, plan: MergePlan, writer: ShardStreamWriter, workers: Int,
+    _ tensor: PlannedTensor, plan: MergePlan, pipeline: WritePipeline, workers: Int,
     workspaces: [MergeWorkspace], bytesOut: [UnsafeMutableRawPointer], inputs: InputWindow, inputHashes: InputHashes
-) throws -> String {
+) throws -> XXH3Hasher {
     let hasher = XXH3Hasher(.bits64)
     let sources: [(SafetensorsFile, TensorInfo)] =
         (tensor.baseName.map { [plan.base!.tensor($0)!] } ?? []) + zip(plan.models, tensor.modelNames).map { $0.tensor($1)! }
 
     guard let parameters = tensor.parameters else {
         // Integer and bool tensors are carried through from the base byte for byte.
+        try pipeline.drain()
         let (file, info) = sources[0]
         let raw = UnsafeRawBufferPointer(start: file.dataAddress(of: info), count: info.byteCount)
         for offset in stride(from: 0, to: raw.count, by: plan.chunkSize) {
             let piece = UnsafeRawBufferPointer(rebasing: raw[offset..<min(raw.count, offset + plan.chunkSize)])
-            try writer.write(piece)
+            try pipeline.writer.write(piece)
             hasher.update(piece)
             inputHashes.advance([(file, info)], elements: offset / info.dtype.size..<(offset + piece.count) / info.dtype.size,
                                 threads: 1) { _ in piece }
             file.mapping.releaseCovering(file.fileRange(of: info).lowerBound + offset ..< file.fileRange(of: info).lowerBound + offset + piece.count)
         }
-        return hasher.hexDigest()
+        return hasher
     }
 
     try inputs.begin(sources)
@@ -221,14 +245,13 @@ private func mergeTensor(
             inputHashes.advance(sources, elements: elements, threads: threads) { inputs.bytes($0, elements: elements) }
         })
     let window = bytesOut.count / MergePlan.outputWindows
+    let outputSize = tensor.outputDType.size
+
     merger.prepare(threads: workers, workspaces: workspaces, window: window)
     try inputs.rethrow()
-
     // `MergePlan.outputWindows` sets of output buffers: workers fill one window while the writer thread
     // drains the others, so computing and writing overlap. Each set is reused only after its previous
     // write finished.
-    let outputSize = tensor.outputDType.size
-    let pipeline = WritePipeline(writer: writer, hasher: hasher)
     for (index, windowStart) in stride(from: 0, to: merger.chunkCount, by: window).enumerated() {
         let set = index % MergePlan.outputWindows
         pipeline.waitUntilDrained(set)
@@ -242,60 +265,85 @@ private func mergeTensor(
         let pieces = (0..<inWindow).map { slot in
             UnsafeRawBufferPointer(start: destinations[slot], count: merger.chunkElementCount(windowStart + slot) * outputSize)
         }
-        pipeline.write(pieces, set: set)
+        pipeline.write(pieces, hasher: hasher, set: set)
     }
-    for set in 0..<MergePlan.outputWindows { pipeline.waitUntilDrained(set) }
-    try pipeline.rethrow()
-    return hasher.hexDigest()
+    return hasher
 }
 
 /// Writes a tensor whose f32 values were computed whole (a trained block's), converting to the output
-/// dtype a chunk at a time. Returns its XXH3-64.
+/// dtype a chunk at a time. Returns its XXH3-64 hasher.
 private func writeTrainedTensor(
-    _ values: Tensor, _ tensor: PlannedTensor, plan: MergePlan, writer: ShardStreamWriter, bytes: UnsafeMutableRawPointer
-) throws -> String {
+    _ values: Tensor, _ tensor: PlannedTensor, plan: MergePlan, pipeline: WritePipeline, bytes: UnsafeMutableRawPointer
+) throws -> XXH3Hasher {
     precondition(values.count == tensor.elementCount, "\(tensor.name): trained values do not match the planned shape")
+    try pipeline.drain()
     let hasher = XXH3Hasher(.bits64)
     for start in stride(from: 0, to: values.count, by: plan.chunkSize) {
         let count = min(plan.chunkSize, values.count - start)
         convertFromFloat(bytes, from: values.data + start, dtype: tensor.outputDType, count: count)
         let piece = UnsafeRawBufferPointer(start: bytes, count: count * tensor.outputDType.size)
-        try writer.write(piece)
+        try pipeline.writer.write(piece)
         hasher.update(piece)
     }
-    return hasher.hexDigest()
+    return hasher
 }
 
-/// Writes windows of output in order on one background thread, hashing as it goes, and holds the
-/// first error for the merging thread to rethrow.
+/// The manifest's tensor records, appended on the pipeline's thread and read by the journal.
+private final class TensorRecords: @unchecked Sendable {
+    private let lock = NSLock()
+    private var records: [Manifest.TensorRecord]
+
+    init(_ records: [Manifest.TensorRecord]) { self.records = records }
+
+    func append(_ record: Manifest.TensorRecord) { lock.withLock { records.append(record) } }
+
+    var all: [Manifest.TensorRecord] { lock.withLock { records } }
+}
+
+/// Writes buffers in order on one background thread, hashing as it goes, and runs the work that must
+/// follow them (tensor records, journals) in the same order. Holds the first error for the merging
+/// thread to rethrow. Buffers belong to numbered sets; a set is reused only after `waitUntilDrained`.
 private final class WritePipeline: @unchecked Sendable {
-    private let writer: ShardStreamWriter
-    private let hasher: XXH3Hasher
+    let writer: ShardStreamWriter
     private let queue = DispatchQueue(label: "streammerge.writer")
-    private let groups = (0..<MergePlan.outputWindows).map { _ in DispatchGroup() }
+    private let groups: [DispatchGroup]
     private let lock = NSLock()
     private var failure: Error?
 
-    init(writer: ShardStreamWriter, hasher: XXH3Hasher) {
+    init(writer: ShardStreamWriter, sets: Int) {
         self.writer = writer
-        self.hasher = hasher
+        groups = (0..<sets).map { _ in DispatchGroup() }
     }
 
-    func write(_ pieces: [UnsafeRawBufferPointer], set: Int) {
+    /// Writes `pieces` to the shard and into `hasher`, after everything queued before.
+    func write(_ pieces: [UnsafeRawBufferPointer], hasher: XXH3Hasher, set: Int) {
         queue.async(group: groups[set]) { [self] in
-            guard lock.withLock({ failure == nil }) else { return }
-            do {
+            attempt {
                 for piece in pieces {
                     try writer.write(piece)
                     hasher.update(piece)
                 }
-            } catch {
-                lock.withLock { failure = error }
             }
         }
     }
 
+    /// Runs `work` after everything queued before.
+    func run(_ work: @escaping () throws -> Void) {
+        queue.async { [self] in attempt(work) }
+    }
+
+    private func attempt(_ work: () throws -> Void) {
+        guard lock.withLock({ failure == nil }) else { return }
+        do { try work() } catch { lock.withLock { failure = error } }
+    }
+
     func waitUntilDrained(_ set: Int) { groups[set].wait() }
+
+    /// Waits for everything queued and rethrows the first error.
+    func drain() throws {
+        queue.sync {}
+        try rethrow()
+    }
 
     func rethrow() throws {
         if let error = lock.withLock({ failure }) { throw error }
