@@ -315,11 +315,13 @@ private final class WritePipeline: @unchecked Sendable {
         groups = (0..<sets).map { _ in DispatchGroup() }
     }
 
-    /// Writes `pieces` to the shard and into `hasher`, after everything queued before.
+    /// Writes `pieces` to the shard and into `hasher`, after everything queued before. The buffers
+    /// belong to `set`: the caller leaves them alone until `waitUntilDrained(set)`.
     func write(_ pieces: [UnsafeRawBufferPointer], hasher: XXH3Hasher, set: Int) {
+        let pieces = Spans(pieces)
         queue.async(group: groups[set]) { [self] in
             attempt {
-                for piece in pieces {
+                for piece in pieces.spans {
                     try writer.write(piece)
                     hasher.update(piece)
                 }
@@ -348,6 +350,12 @@ private final class WritePipeline: @unchecked Sendable {
     func rethrow() throws {
         if let error = lock.withLock({ failure }) { throw error }
     }
+}
+
+/// Buffer spans handed to the writer thread, which alone reads them until their set is drained.
+private struct Spans: @unchecked Sendable {
+    let spans: [UnsafeRawBufferPointer]
+    init(_ spans: [UnsafeRawBufferPointer]) { self.spans = spans }
 }
 
 /// `model.safetensors.index.json` for a sharded output.
