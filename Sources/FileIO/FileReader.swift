@@ -1,17 +1,15 @@
-// FileReader: sequential reads through a small buffer, for hashing inputs without mapping them.
+// FileReader: sequential reads through a small buffer, for hashing files without mapping them.
 import Glibc
 
 /// Reads a whole file in fixed-size pieces with `pread`. Unlike a mapping, the pieces do not stay
-/// resident, so hashing a large input costs one buffer of memory.
+/// resident, so hashing a large file costs one buffer of memory.
 public enum FileReader {
-    /// Calls `body` with consecutive pieces of the file at `path`, in order, read into `buffer`
-    /// (its whole size at a time). Passing the same buffer for many files keeps the allocator from
-    /// growing its heap by a buffer per file.
+    /// Calls `body` with consecutive pieces of the file at `path`, in order, read into a 1 MiB buffer.
     /// - Returns: the number of bytes read.
     @discardableResult
-    public static func forEachPiece(
-        of path: String, buffer: UnsafeMutableRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> Void
-    ) throws -> Int {
+    public static func forEachPiece(of path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
+        defer { buffer.deallocate() }
         let fd = try Syscalls.open(path, O_RDONLY)
         defer { Syscalls.close(fd) }
         var offset = 0
@@ -21,14 +19,6 @@ public enum FileReader {
             try body(UnsafeRawBufferPointer(start: buffer.baseAddress, count: count))
             offset += count
         }
-    }
-
-    /// As `forEachPiece(of:buffer:_:)`, with a 1 MiB buffer of its own.
-    @discardableResult
-    public static func forEachPiece(of path: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 64)
-        defer { buffer.deallocate() }
-        return try forEachPiece(of: path, buffer: buffer, body)
     }
 }
 

@@ -135,6 +135,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
             // The layer's cached activations go only once the journal no longer needs them for a resume.
             try journalWriter.finish()
             distiller.layerCommitted(layer.key)
+            options.progress?(layerNumber + 1, plan.layers.count, writer.totalWritten)
         } else {
             // The journal is written behind the layer's last write, while the next layer merges.
             let progress = options.progress, layers = plan.layers.count
@@ -145,7 +146,6 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
             }
         }
         releaseFreedTensorMemory()
-        if distiller != nil { options.progress?(layerNumber + 1, plan.layers.count, writer.totalWritten) }
     }
     try pipeline.drain()
     let tensorHashes = records.all
