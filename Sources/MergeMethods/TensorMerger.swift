@@ -77,7 +77,17 @@ public func forEachChunk(_ chunkCount: Int, threads: Int, _ body: (_ worker: Int
 public final class TensorMerger: @unchecked Sendable {
     /// Bytes of TIES's select histograms per worker and fine-tune: the first pass's, and the second's
     /// (65,536 bins) allocated beside them when that pass runs.
-    public static let histogramBytes = (Histograms.highBitBins + Histograms.lowBitBins) * 4
+    static let histogramBytes = (Histograms.highBitBins + Histograms.lowBitBins) * 4
+
+    /// Most bytes TIES's threshold selection holds for a tensor of `elementCount` elements: the
+    /// histograms, or (never at the same time) the sampled bands' sample, tables and light values,
+    /// whose buffers double up to twice their limit.
+    public static func thresholdSelectionBytes(modelCount: Int, threads: Int, elementCount: Int, chunkSize: Int) -> Int {
+        let histograms = threads * modelCount * histogramBytes
+        let bands = modelCount * chunkSize * 4 + threads * Histograms.highBitBins * 4
+            + threads * modelCount * 2 * 4 * MagnitudeBands.lightLimit(elementCount: elementCount)
+        return max(histograms, bands)
+    }
 
     public let method: MergeMethod
     public let parameters: TensorMergeParameters
@@ -94,6 +104,11 @@ public final class TensorMerger: @unchecked Sendable {
     /// Merging state: the next chunk `mergeWindow` expects, and per fine-tune the TIES ties seen so far.
     var nextChunk = 0
     var tiesSeen: [Int]
+    /// Smallest tensor whose TIES thresholds are counted in sampled bands; smaller ones (where the
+    /// sample would be much of the tensor) take the histograms. Settable so tests reach both.
+    public var bandMinimumElements = 1 << 20
+    /// Whether `prepare` found the TIES thresholds in sampled bands (else by the histograms).
+    public private(set) var countedInBands = false
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
                 seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, load: @escaping ChunkLoader = { _ in },
@@ -181,6 +196,11 @@ public final class TensorMerger: @unchecked Sendable {
             thresholds[model] = ranks[model] < 0 ? .keepEverything : .keepNothing
         }
         guard !selecting.isEmpty else { return }
+        if let exact = countInSampledBands(selecting: selecting, ranks: ranks, threads: threads, workspaces: workspaces, window: window) {
+            for model in selecting { thresholds[model] = exact[model]! }
+            countedInBands = true
+            return
+        }
 
         // Pass 1: high 16 bits of |τ|, split into exact and inexact elements. Histogram worker·T + i.
         let high = Histograms(count: workers * modelCount, bins: Histograms.highBitBins)
@@ -223,6 +243,60 @@ public final class TensorMerger: @unchecked Sendable {
             for worker in 1..<max(1, workers) { low.accumulate(worker * modelCount + model, into: model) }
             thresholds[model] = low.selectByLowBits(model, bin: bin, rank: ranks[model], above: above)
         }
+    }
+
+    /// TIES's thresholds from one pass of counts inside bands a sample predicts (`MagnitudeBands`), or
+    /// nil when the tensor is too small for a sample or a band missed; the histogram select runs then.
+    private func countInSampledBands(selecting: [Int], ranks: [Int], threads: Int, workspaces: [MergeWorkspace],
+                                     window: Int) -> [MagnitudeThreshold?]? {
+        // Sixteen pieces of a sixteenth of a chunk, piece p at offset p of its own chunk (spread over
+        // the tensor, the last, short chunk excepted): pieces loaded side by side then never share the
+        // loader's buffer, where element e sits at e mod one window.
+        let pieces = 16, pieceLength = chunkSize / pieces
+        guard elementCount >= bandMinimumElements, chunkCount > pieces, chunkSize % pieces == 0 else { return nil }
+        let workers = workspaces.count
+        let sampleSize = pieces * pieceLength
+        let samples = UnsafeMutablePointer<UInt32>.allocate(capacity: selecting.count * sampleSize)
+        defer { samples.deallocate() }
+        forEachChunk(pieces, threads: min(threads, workers)) { worker, piece in
+            let workspace = workspaces[worker]
+            let start = piece * (chunkCount - 1) / pieces * chunkSize + piece * pieceLength
+            load(start..<start + pieceLength)
+            forEachBlock(of: start..<start + pieceLength, size: workspace.blockSize) { block in
+                read(nil, block, workspace.base)
+                for (i, model) in selecting.enumerated() {
+                    read(model, block, workspace.models[model])
+                    let sample = samples + i * sampleSize + piece * pieceLength + (block.lowerBound - start)
+                    for j in 0..<block.count { sample[j] = magnitudeBits(workspace.models[model][j] - workspace.base[j]) }
+                }
+            }
+        }
+        var bands = [MagnitudeBands.Band?](repeating: nil, count: modelCount)
+        let tables = (0..<workers).map { _ in
+            let table = UnsafeMutablePointer<UInt32>.allocate(capacity: Histograms.highBitBins)
+            table.initialize(repeating: 0, count: Histograms.highBitBins)
+            return table
+        }
+        defer { tables.forEach { $0.deallocate() } }
+        bands.withUnsafeMutableBufferPointer { bands in
+            forEachChunk(selecting.count, threads: min(threads, workers)) { worker, i in
+                let sample = UnsafeBufferPointer(start: samples + i * sampleSize, count: sampleSize)
+                bands[selecting[i]] = MagnitudeBands.predict(sample, rank: ranks[selecting[i]], elementCount: elementCount, table: tables[worker])
+            }
+        }
+        guard selecting.allSatisfy({ bands[$0] != nil }) else { return nil }
+        let counter = MagnitudeBands(bands: bands, workers: workers, lightLimit: MagnitudeBands.lightLimit(elementCount: elementCount))
+        sweep(threads: threads, workers: workers, window: window) { worker, chunk in
+            let workspace = workspaces[worker]
+            forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
+                read(nil, block, workspace.base)
+                for model in selecting {
+                    read(model, block, workspace.models[model])
+                    counter.count(worker: worker, model: model, theta: workspace.models[model], base: workspace.base, n: block.count)
+                }
+            }
+        }
+        return counter.exactThresholds(ranks: ranks)
     }
 
     /// DARE with L1 rescaling: the multiplier ‖τ‖₁ / ‖τ ⊙ m‖₁ needs both norms over the whole tensor.

@@ -217,12 +217,14 @@ public struct MergePlan: @unchecked Sendable {
     }
 
     /// Peak memory the data-free executor needs with `threads` workers: per worker its block scratch and
-    /// `outputWindows` windows of converted output (being written while the next is merged), TIES's histograms,
+    /// `outputWindows` windows of converted output (being written while the next is merged), TIES's threshold selection,
     /// one window of every input's bytes, the shard's direct-write staging buffer, and what the process
     /// itself holds.
     public func estimatedPeakBytes(threads: Int) -> Int {
         let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + Self.outputWindows * Self.windowChunks(workers: 1) * chunkSize * widestOutputElement
-        let histograms = config.method == .ties ? threads * models.count * TensorMerger.histogramBytes : 0
+        let largest = tensors.map(\.elementCount).max() ?? 0
+        let histograms = config.method == .ties
+            ? TensorMerger.thresholdSelectionBytes(modelCount: models.count, threads: threads, elementCount: largest, chunkSize: chunkSize) : 0
         let inputWindow = (models.count + 1) * Self.windowChunks(workers: threads) * chunkSize * widestInputElement
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
         return Self.processBaseline + threads * perWorker + histograms + inputWindow + headerBytes + OutputFile.directStagingBytes

@@ -5,7 +5,8 @@ import Testing
 /// Runs one tensor's merge over in-memory inputs with the given chunk size and thread count.
 func mergeInMemory(
     _ method: MergeMethod, base: [Float], models: [[Float]], parameters: TensorMergeParameters,
-    chunkSize: Int = 64, blockSize: Int = 16, threads: Int = 1, seed: UInt64 = 0, name: String = "layers.0.mlp.up_proj.weight"
+    chunkSize: Int = 64, blockSize: Int = 16, threads: Int = 1, seed: UInt64 = 0, name: String = "layers.0.mlp.up_proj.weight",
+    bandMinimumElements: Int = .max, countedInBands: UnsafeMutablePointer<Bool>? = nil
 ) -> [Float] {
     let inputs = [base] + models
     let read: ChunkReader = { model, elements, destination in
@@ -14,8 +15,10 @@ func mergeInMemory(
     }
     let merger = TensorMerger(method: method, parameters: parameters, elementCount: base.count, canonicalName: name,
                               seed: seed, chunkSize: chunkSize, read: read)
+    merger.bandMinimumElements = bandMinimumElements
     let workspaces = (0..<threads).map { _ in MergeWorkspace(modelCount: models.count, blockSize: blockSize) }
     merger.prepare(threads: threads, workspaces: workspaces, window: 3 * threads)
+    countedInBands?.pointee = merger.countedInBands
     var output = [Float](repeating: .nan, count: base.count)
     output.withUnsafeMutableBufferPointer { out in
         // Windows of more chunks than workers, as the executor merges them.
@@ -139,6 +142,38 @@ struct IdentityTests {
         for (chunkSize, threads) in [(64, 2), (20000, 1), (333, 3)] {
             let merged = mergeInMemory(.ties, base: base, models: [tau], parameters: parameters, chunkSize: chunkSize, threads: threads)
             #expect(Set((0..<n).filter { merged[$0] != 0 }) == Set(order.prefix(k)), "chunk \(chunkSize), threads \(threads)")
+        }
+    }
+
+    @Test("TIES's thresholds counted in sampled bands equal the histograms', and a misleading sample falls back to them",
+          arguments: [0.2, 0.5, 0.8])
+    func tiesSampledBands(density: Double) {
+        // Task vectors like a bf16 checkpoint's: d·2⁻ᵉ for d in 1...7 and a few exponents, so a handful of
+        // magnitudes each hold percents of the tensor (heavy values, counted), plus scattered inexact
+        // ones (light values, kept); 64 chunks of 1,024. `misleading` makes the chunks the sample reads
+        // (piece p of 16 lies in chunk ⌊p·63/16⌋) 1000× larger, so its bands miss and the histograms decide.
+        let n = 1 << 16, chunkSize = 1024
+        let sampled = Set((0..<16).map { $0 * 63 / 16 })
+        for misleading in [false, true] {
+            let models = (0..<3).map { model in
+                (0..<n).map { j -> Float in
+                    let state = splitMix64(UInt64(model * n + j) &+ 17)
+                    var tau = Float(state % 8) * Float(sign: .plus, exponent: -8 - Int(state >> 8 % 4), significand: 1)
+                    if state >> 20 % 2003 == 0 { tau += Float(state >> 32 % 1000) * 1e-7 }
+                    if misleading && sampled.contains(j / chunkSize) { tau *= 1000 }
+                    return (state >> 40) & 1 == 0 ? tau : -tau
+                }
+            }
+            // Multiples of 2⁻⁷, so that θ − θ₀ gives τ back exactly, as for bf16 checkpoints.
+            let base = (0..<n).map { Float($0 % 64 - 32) / 128 }
+            let thetas = models.map { zip(base, $0).map(+) }
+            let parameters = TensorMergeParameters(weights: [1, 0.8, 0.6], densities: [density, 0.5, density], lambda: 1, normalize: false)
+            let histograms = mergeInMemory(.ties, base: base, models: thetas, parameters: parameters, chunkSize: chunkSize, blockSize: 256, threads: 2)
+            var inBands = false
+            let banded = mergeInMemory(.ties, base: base, models: thetas, parameters: parameters, chunkSize: chunkSize, blockSize: 256,
+                                       threads: 2, bandMinimumElements: 0, countedInBands: &inBands)
+            #expect(inBands == !misleading, "misleading \(misleading)")
+            #expect(banded.map(\.bitPattern) == histograms.map(\.bitPattern), "misleading \(misleading)")
         }
     }
 

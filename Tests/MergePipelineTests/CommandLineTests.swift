@@ -1,5 +1,6 @@
 // CommandLineTests: the streammerge executable end to end — outputs, determinism, verify, and bad input.
 import Foundation
+import MergeMethods
 import SafetensorsFormat
 import Testing
 import TestSupport
@@ -42,6 +43,37 @@ struct CommandLineTests {
             #expect(outputs[0].keys.contains("model.safetensors.index.json"), "20KB shards must split the output")
             #expect(outputs[0] == outputs[1])
             #expect(outputs[1] == outputs[2])
+        }
+    }
+
+    @Test("TIES on tensors large enough for sampled bands equals the histogram select over the same inputs")
+    func tiesSampledBandsThroughFiles() throws {
+        // Width 1024: up_proj holds 2²¹ elements (32 chunks), so the merge counts its thresholds in bands
+        // from a sample read through the window buffers; the in-memory merge takes the histograms.
+        let family = try TestFamily(blocks: 1, width: 1024, dtype: .bf16, extraHead: false)
+        defer { family.remove() }
+        let out = family.directory + "/out"
+        let result = try runStreammerge(["merge", try family.config("ties", extra: "dtype: float32\n"), "--out", out, "--threads", "2"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let merged = try SafetensorsFile(path: out + "/model.safetensors")
+        let inputs = try (["base"] + (0..<3).map { "ft-\($0)" }).map { try SafetensorsFile(path: family.directory + "/\($0)/model.safetensors") }
+        for name in ["model.layers.0.mlp.up_proj.weight"] {
+            let values = try inputs.map { try $0.floats(name) }
+            let parameters = TensorMergeParameters(weights: [1, 0.8, 0.6], densities: [0.5, 0.5, 0.5], lambda: 1, normalize: true)
+            let merger = TensorMerger(method: .ties, parameters: parameters, elementCount: values[0].count, canonicalName: name, seed: 3,
+                                      chunkSize: 1 << 16, read: { model, elements, destination in
+                                          for (offset, j) in elements.enumerated() { destination[offset] = values[(model ?? -1) + 1][j] }
+                                      })
+            merger.bandMinimumElements = .max
+            let workspaces = [MergeWorkspace(modelCount: 3)]
+            merger.prepare(threads: 1, workspaces: workspaces, window: 8)
+            var expected = [Float](repeating: .nan, count: values[0].count)
+            expected.withUnsafeMutableBufferPointer { expected in
+                merger.mergeWindow(first: 0, count: merger.chunkCount, workspaces: workspaces, threads: 1) { slot, offset, block, n in
+                    for j in 0..<n { expected[slot * (1 << 16) + offset + j] = block[j] }
+                }
+            }
+            #expect(try merged.floats(name).map(\.bitPattern) == expected.map(\.bitPattern), "\(name)")
         }
     }
 

@@ -1,0 +1,254 @@
+// MagnitudeBands: TIES's thresholds from vector compares inside bands a sample predicts, instead of a histogram increment per element.
+
+/// Per fine-tune, the band of |τ| bit patterns a sample says holds TIES's threshold, and the exact
+/// counts that find the threshold in it.
+///
+/// Filling a 131,072-bin histogram took a scattered increment per element and fine-tune: a fifth of
+/// a TIES merge, whose repeated bins (bf16 task vectors take few distinct magnitudes) chain each
+/// increment to the last. Instead a sample predicts a band [lo, hi] holding the k-th largest |τ| with
+/// overwhelming probability, and the first pass counts, in branch-free loops that vectorise, the
+/// elements below and above the band and those equal to each of the band's few frequent ("heavy")
+/// values. The band's other ("light") values are kept, rare by construction. Counts and light values
+/// give the exact threshold; when a band missed, the histogram select runs instead.
+final class MagnitudeBands: @unchecked Sendable {
+    static let maximumHeavyValues = 4
+
+    struct Band {
+        let lo: UInt32
+        let hi: UInt32
+        /// `heavyCount` values in lo...hi counted instead of kept; unused lanes repeat `hi`, and
+        /// their counts are ignored.
+        let heavy: SIMD4<UInt32>
+        let heavyCount: Int
+
+        init(lo: UInt32, hi: UInt32, heavy: [UInt32]) {
+            precondition(heavy.count <= MagnitudeBands.maximumHeavyValues)
+            self.lo = lo
+            self.hi = hi
+            var lanes = SIMD4<UInt32>(repeating: hi)
+            for (lane, value) in heavy.enumerated() { lanes[lane] = value }
+            self.heavy = lanes
+            heavyCount = heavy.count
+        }
+
+        func isHeavy(_ m: UInt32) -> Bool { (0..<heavyCount).contains { heavy[$0] == m } }
+    }
+
+    /// Per fine-tune; nil where no threshold is selected.
+    let bands: [Band?]
+    let modelCount: Int
+    /// Per worker and fine-tune: below the band, above it, then equal to each heavy value.
+    private let counts: UnsafeMutablePointer<Int>
+    private static let slots = 2 + maximumHeavyValues
+    /// Per worker and fine-tune, the light values met.
+    private let light: [[GrowingValues]]
+    /// Most light values kept per worker and fine-tune; beyond, the band is given up.
+    private let lightLimit: Int
+
+    /// The light values allowed per worker and fine-tune in a tensor of `elementCount`: twice the
+    /// most a sample accepted by `predict` suggests, so that only a misleading sample reaches it.
+    static func lightLimit(elementCount: Int) -> Int { max(4096, elementCount / 256) }
+
+    init(bands: [Band?], workers: Int, lightLimit: Int) {
+        self.bands = bands
+        modelCount = bands.count
+        counts = .allocate(capacity: workers * bands.count * Self.slots)
+        counts.initialize(repeating: 0, count: workers * bands.count * Self.slots)
+        light = (0..<workers).map { _ in bands.map { _ in GrowingValues() } }
+        self.lightLimit = lightLimit
+    }
+
+    deinit { counts.deallocate() }
+
+    private func count(worker: Int, model: Int) -> UnsafeMutablePointer<Int> {
+        counts + (worker * modelCount + model) * Self.slots
+    }
+
+    /// Elements counted at a time: a piece with light values is scanned again for them, so pieces are
+    /// short enough that the scan stays rare work, long enough that their totals cost little.
+    static let pieceLength = 512
+
+    /// Counts fine-tune `model`'s |θ − θ₀| for `n` elements on worker `worker`.
+    @inline(__always)
+    func count(worker: Int, model: Int, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int) {
+        guard let band = bands[model] else { return }
+        let counts = count(worker: worker, model: model)
+        for start in Swift.stride(from: 0, to: n, by: Self.pieceLength) {
+            let length = min(Self.pieceLength, n - start)
+            let lights = count(band, theta: theta + start, base: base + start, n: length, into: counts)
+            guard lights > 0 else { continue }
+            let values = light[worker][model]
+            guard values.count <= lightLimit else { continue }
+            for j in start..<start + length {
+                let m = magnitudeBits(theta[j] - base[j])
+                if m >= band.lo && m <= band.hi && !band.isHeavy(m) { values.append(m) }
+            }
+        }
+    }
+
+    /// Adds `n` elements' counts to `counts` and returns how many are light.
+    @inline(__always)
+    private func count(_ band: Band, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int,
+                       into counts: UnsafeMutablePointer<Int>) -> Int {
+        let lo = band.lo, hi = band.hi
+        let h0 = band.heavy[0], h1 = band.heavy[1], h2 = band.heavy[2], h3 = band.heavy[3]
+        var below: UInt32 = 0, above: UInt32 = 0, e0: UInt32 = 0, e1: UInt32 = 0, e2: UInt32 = 0, e3: UInt32 = 0
+        // Branch-free, so that the loops vectorise: a difference of patterns below 2³¹ has its top bit
+        // set exactly when it went negative, and (m ^ h) − 1 exactly when m == h.
+        if band.heavyCount <= 2 {
+            for j in 0..<n {
+                let m = magnitudeBits(theta[j] - base[j])
+                below &+= (m &- lo) >> 31
+                above &+= (hi &- m) >> 31
+                e0 &+= ((m ^ h0) &- 1) >> 31
+                e1 &+= ((m ^ h1) &- 1) >> 31
+            }
+        } else {
+            for j in 0..<n {
+                let m = magnitudeBits(theta[j] - base[j])
+                below &+= (m &- lo) >> 31
+                above &+= (hi &- m) >> 31
+                e0 &+= ((m ^ h0) &- 1) >> 31
+                e1 &+= ((m ^ h1) &- 1) >> 31
+                e2 &+= ((m ^ h2) &- 1) >> 31
+                e3 &+= ((m ^ h3) &- 1) >> 31
+            }
+        }
+        let equal = SIMD4(e0, e1, e2, e3)
+        counts[0] += Int(below)
+        counts[1] += Int(above)
+        var heavy = 0
+        for slot in 0..<band.heavyCount {
+            counts[2 + slot] += Int(equal[slot])
+            heavy += Int(equal[slot])
+        }
+        return n - Int(below) - Int(above) - heavy
+    }
+
+    /// The exact thresholds keeping `ranks[i]` elements of fine-tune i, or nil when some rank fell
+    /// outside its band or a fine-tune's light values outgrew their limit.
+    func exactThresholds(ranks: [Int]) -> [MagnitudeThreshold?]? {
+        var result: [MagnitudeThreshold?] = Array(repeating: nil, count: modelCount)
+        for model in 0..<modelCount {
+            guard let band = bands[model] else { continue }
+            var below = 0, above = 0
+            var heavyTotals = [Int](repeating: 0, count: band.heavyCount)
+            for worker in light.indices {
+                let counts = count(worker: worker, model: model)
+                below += counts[0]
+                above += counts[1]
+                for slot in 0..<band.heavyCount { heavyTotals[slot] += counts[2 + slot] }
+                guard light[worker][model].count <= lightLimit else { return nil }
+            }
+            let lightValues = light.flatMap { Array($0[model].values) }
+            let rank = ranks[model] - above
+            guard rank >= 1 && rank <= lightValues.count + heavyTotals.reduce(0, +) else { return nil }
+            let weighted = (0..<band.heavyCount).map { (value: band.heavy[$0], count: heavyTotals[$0]) }
+            let bits = lightValues.withUnsafeBufferPointer { largest(rank, of: $0, weighted: weighted) }
+            var greater = 0, equal = 0
+            for value in lightValues {
+                greater += value > bits ? 1 : 0
+                equal += value == bits ? 1 : 0
+            }
+            for (value, total) in weighted {
+                if value > bits { greater += total }
+                if value == bits { equal += total }
+            }
+            result[model] = MagnitudeThreshold(bits: bits, rank: ranks[model], above: above + greater, equal: equal)
+        }
+        return result
+    }
+}
+
+extension MagnitudeBands {
+    /// A fine-tune's band from its `sample` of |τ| bit patterns, for keeping the `rank` largest of
+    /// `elementCount`, or nil when light values would be common (more than 1/512 of the sample): every
+    /// piece would then be scanned for them, and the histograms are cheaper. `table` is 131,072
+    /// zeroed bins, left zeroed.
+    static func predict(_ sample: UnsafeBufferPointer<UInt32>, rank: Int, elementCount: Int, table: UnsafeMutablePointer<UInt32>) -> Band? {
+        let size = sample.count
+        // The sample's rank for k, and a margin of 4.5 standard deviations of the sample's count above
+        // a quantile (binomial): the exact threshold lies between the values at the margin's ends
+        // unless the sample is off by more than that.
+        let q = Double(rank) / Double(elementCount)
+        let sampleRank = min(size, max(1, Int((q * Double(size)).rounded())))
+        let margin = Int((4.5 * (Double(size) * q * (1 - q)).squareRoot()).rounded(.up)) + 2
+        let upper = max(1, sampleRank - margin), lower = min(size, sampleRank + margin)
+        // Bins as in the first-pass histogram: 2h for the values with high bits h and low bits zero
+        // (bf16-exact, the heavy candidates), 2h + 1 for the others.
+        var top = 0
+        for value in sample {
+            let key = Int(value >> 15) & ~1 | (value & 0xFFFF == 0 ? 0 : 1)
+            table[key] &+= 1
+            top = max(top, key)
+        }
+        var seen = 0, hiKey = -1, loKey = 0
+        var key = top
+        while key >= 0 {
+            seen += Int(table[key])
+            if hiKey < 0 && seen >= upper { hiKey = key }
+            if seen >= lower { loKey = key; break }
+            key -= 1
+        }
+        let hi = UInt32(hiKey >> 1) << 16 | (hiKey & 1 == 0 ? 0 : 0xFFFF)
+        let lo = UInt32(loKey >> 1) << 16 | (loKey & 1 == 0 ? 0 : 1)
+        // Heavy: exact values holding at least 1/2048 of the sample, the most frequent first.
+        let frequent = max(8, size / 2048)
+        let heavyKeys = stride(from: (loKey + 1) & ~1, through: hiKey, by: 2).filter { Int(table[$0]) >= frequent }
+            .sorted { table[$0] > table[$1] }.prefix(maximumHeavyValues)
+        let lights = (loKey...hiKey).reduce(0) { $0 + Int(table[$1]) } - heavyKeys.reduce(0) { $0 + Int(table[$1]) }
+        for value in sample { table[Int(value >> 15) & ~1 | (value & 0xFFFF == 0 ? 0 : 1)] = 0 }
+        guard lights <= size / 512 else { return nil }
+        return Band(lo: lo, hi: hi, heavy: heavyKeys.map { UInt32($0 >> 1) << 16 })
+    }
+}
+
+/// The `rank`-th largest (1-based) of `values` together with `weighted` values present `count`
+/// times each, for bit patterns below 2³¹: a 65,536-bin histogram of the high 16 bits finds the
+/// rank's bin, and a 32,768-bin histogram of the low 15 bits of that bin's values the value.
+func largest(_ rank: Int, of values: UnsafeBufferPointer<UInt32>, weighted: [(value: UInt32, count: Int)]) -> UInt32 {
+    var high = [Int](repeating: 0, count: 65536)
+    for value in values { high[Int(value >> 15)] += 1 }
+    for (value, count) in weighted { high[Int(value >> 15)] += count }
+    var remaining = rank, bin = 65535
+    while remaining > high[bin] {
+        remaining -= high[bin]
+        bin -= 1
+        precondition(bin >= 0, "rank \(rank) exceeds the values")
+    }
+    var low = [Int](repeating: 0, count: 32768)
+    let key = UInt32(bin)
+    for value in values where value >> 15 == key { low[Int(value & 0x7FFF)] += 1 }
+    for (value, count) in weighted where value >> 15 == key { low[Int(value & 0x7FFF)] += count }
+    var lowBits = 32767
+    while remaining > low[lowBits] {
+        remaining -= low[lowBits]
+        lowBits -= 1
+    }
+    return key << 15 | UInt32(lowBits)
+}
+
+/// A growable array of bit patterns, in a buffer that doubles (a Swift array of arrays cost ~20 ns
+/// per append here).
+final class GrowingValues {
+    private var storage = UnsafeMutablePointer<UInt32>.allocate(capacity: 256)
+    private var capacity = 256
+    private(set) var count = 0
+
+    deinit { storage.deallocate() }
+
+    @inline(__always)
+    func append(_ value: UInt32) {
+        if count == capacity {
+            let grown = UnsafeMutablePointer<UInt32>.allocate(capacity: 2 * capacity)
+            grown.update(from: storage, count: count)
+            storage.deallocate()
+            storage = grown
+            capacity *= 2
+        }
+        storage[count] = value
+        count += 1
+    }
+
+    var values: UnsafeBufferPointer<UInt32> { UnsafeBufferPointer(start: storage, count: count) }
+}
