@@ -94,7 +94,8 @@ final class MagnitudeBands: @unchecked Sendable {
         let h0 = band.heavy[0], h1 = band.heavy[1], h2 = band.heavy[2], h3 = band.heavy[3]
         var below: UInt32 = 0, above: UInt32 = 0, e0: UInt32 = 0, e1: UInt32 = 0, e2: UInt32 = 0, e3: UInt32 = 0
         // Branch-free, so that the loops vectorise: a difference of patterns below 2³¹ has its top bit
-        // set exactly when it went negative, and (m ^ h) − 1 exactly when m == h.
+        // set exactly when it went negative, and (m ^ h) − 1 exactly when m == h. Bands of at most two
+        // heavy values take a loop with two compares fewer.
         if band.heavyCount <= 2 {
             for j in 0..<n {
                 let m = magnitudeBits(theta[j] - base[j])
