@@ -187,6 +187,22 @@ public final class TensorMerger: @unchecked Sendable {
         }
     }
 
+    /// One pass over the tensor with no barrier between windows, for a preparation pass that leaves
+    /// hashing the inputs to the merge: part p of P takes chunks p, p + P, … in order. The loader holds
+    /// element e at e mod `window` chunks, so with `window` a multiple of P no two parts' chunks share a
+    /// slot, and a part reuses its own only after finishing the chunk before.
+    /// (Barriers at every window idled a worker at each window's last chunk; see `sweep`.)
+    private func sweepWithoutHashing(threads: Int, workers: Int, window: Int, _ body: (_ worker: Int, _ chunk: Int) -> Void) {
+        // As many parts as workers allow and divide the window (all of them for the executor's windows).
+        let parts = (1...max(1, min(threads, workers))).last { window % $0 == 0 }!
+        forEachChunk(parts, threads: parts) { worker, part in
+            for chunk in stride(from: part, to: chunkCount, by: parts) {
+                load(elements(ofChunk: chunk))
+                body(worker, chunk)
+            }
+        }
+    }
+
     private func prepareMagnitude(threads: Int, workspaces: [MergeWorkspace], window: Int) {
         precondition(elementCount < Int(UInt32.max), "TIES histograms count at most 2³² − 1 elements per tensor")
         let workers = workspaces.count
@@ -286,7 +302,7 @@ public final class TensorMerger: @unchecked Sendable {
         }
         guard selecting.allSatisfy({ bands[$0] != nil }) else { return nil }
         let counter = MagnitudeBands(bands: bands, workers: workers, lightLimit: MagnitudeBands.lightLimit(elementCount: elementCount))
-        sweep(threads: threads, workers: workers, window: window) { worker, chunk in
+        sweepWithoutHashing(threads: threads, workers: workers, window: window) { worker, chunk in
             let workspace = workspaces[worker]
             forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
                 read(nil, block, workspace.base)
