@@ -37,9 +37,12 @@ final class MagnitudeBands: @unchecked Sendable {
     /// Per fine-tune; nil where no threshold is selected.
     let bands: [Band?]
     let modelCount: Int
-    /// Per worker and fine-tune: below the band, above it, then equal to each heavy value.
+    /// Per chunk and fine-tune: above the band, then equal to each heavy value. Per chunk,
+    /// not per worker, so that a heavy threshold's ties are known chunk by chunk (and each chunk is
+    /// counted by one worker).
     private let counts: UnsafeMutablePointer<Int>
-    private static let slots = 2 + maximumHeavyValues
+    private let chunkCount: Int
+    private static let slots = 1 + maximumHeavyValues
     /// Per worker and fine-tune, the light values met.
     private let light: [[GrowingValues]]
     /// Most light values kept per worker and fine-tune; beyond, the band is given up.
@@ -49,30 +52,31 @@ final class MagnitudeBands: @unchecked Sendable {
     /// most a sample accepted by `predict` suggests, so that only a misleading sample reaches it.
     static func lightLimit(elementCount: Int) -> Int { max(4096, elementCount / 256) }
 
-    init(bands: [Band?], workers: Int, lightLimit: Int) {
+    init(bands: [Band?], chunkCount: Int, workers: Int, lightLimit: Int) {
         self.bands = bands
         modelCount = bands.count
-        counts = .allocate(capacity: workers * bands.count * Self.slots)
-        counts.initialize(repeating: 0, count: workers * bands.count * Self.slots)
+        self.chunkCount = chunkCount
+        counts = .allocate(capacity: chunkCount * bands.count * Self.slots)
+        counts.initialize(repeating: 0, count: chunkCount * bands.count * Self.slots)
         light = (0..<workers).map { _ in bands.map { _ in GrowingValues() } }
         self.lightLimit = lightLimit
     }
 
     deinit { counts.deallocate() }
 
-    private func count(worker: Int, model: Int) -> UnsafeMutablePointer<Int> {
-        counts + (worker * modelCount + model) * Self.slots
+    private func count(chunk: Int, model: Int) -> UnsafeMutablePointer<Int> {
+        counts + (chunk * modelCount + model) * Self.slots
     }
 
     /// Elements counted at a time: a piece with light values is scanned again for them, so pieces are
     /// short enough that the scan stays rare work, long enough that their totals cost little.
     static let pieceLength = 512
 
-    /// Counts fine-tune `model`'s |θ − θ₀| for `n` elements on worker `worker`.
+    /// Counts fine-tune `model`'s |θ − θ₀| for `n` elements of chunk `chunk` on worker `worker`.
     @inline(__always)
-    func count(worker: Int, model: Int, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int) {
+    func count(worker: Int, chunk: Int, model: Int, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int) {
         guard let band = bands[model] else { return }
-        let counts = count(worker: worker, model: model)
+        let counts = count(chunk: chunk, model: model)
         for start in Swift.stride(from: 0, to: n, by: Self.pieceLength) {
             let length = min(Self.pieceLength, n - start)
             let lights = count(band, theta: theta + start, base: base + start, n: length, into: counts)
@@ -86,7 +90,7 @@ final class MagnitudeBands: @unchecked Sendable {
         }
     }
 
-    /// Adds `n` elements' counts to `counts` and returns how many are light.
+    /// Adds `n` elements' counts to `counts` and returns how many are light (in the band, not heavy).
     @inline(__always)
     private func count(_ band: Band, theta: UnsafePointer<Float>, base: UnsafePointer<Float>, n: Int,
                        into counts: UnsafeMutablePointer<Int>) -> Int {
@@ -116,30 +120,35 @@ final class MagnitudeBands: @unchecked Sendable {
             }
         }
         let equal = SIMD4(e0, e1, e2, e3)
-        counts[0] += Int(below)
-        counts[1] += Int(above)
+        counts[0] += Int(above)
         var heavy = 0
         for slot in 0..<band.heavyCount {
-            counts[2 + slot] += Int(equal[slot])
+            counts[1 + slot] += Int(equal[slot])
             heavy += Int(equal[slot])
         }
         return n - Int(below) - Int(above) - heavy
     }
 
+    /// A fine-tune's exact threshold, and when it is one of the band's heavy values, how many
+    /// elements of each chunk equal it.
+    struct Exact {
+        var threshold: MagnitudeThreshold
+        var tiesPerChunk: [Int]?
+    }
+
     /// The exact thresholds keeping `ranks[i]` elements of fine-tune i, or nil when some rank fell
     /// outside its band or a fine-tune's light values outgrew their limit.
-    func exactThresholds(ranks: [Int]) -> [MagnitudeThreshold?]? {
-        var result: [MagnitudeThreshold?] = Array(repeating: nil, count: modelCount)
+    func exactThresholds(ranks: [Int]) -> [Exact?]? {
+        var result: [Exact?] = Array(repeating: nil, count: modelCount)
         for model in 0..<modelCount {
             guard let band = bands[model] else { continue }
-            var below = 0, above = 0
+            guard light.allSatisfy({ $0[model].count <= lightLimit }) else { return nil }
+            var above = 0
             var heavyTotals = [Int](repeating: 0, count: band.heavyCount)
-            for worker in light.indices {
-                let counts = count(worker: worker, model: model)
-                below += counts[0]
-                above += counts[1]
-                for slot in 0..<band.heavyCount { heavyTotals[slot] += counts[2 + slot] }
-                guard light[worker][model].count <= lightLimit else { return nil }
+            for chunk in 0..<chunkCount {
+                let counts = count(chunk: chunk, model: model)
+                above += counts[0]
+                for slot in 0..<band.heavyCount { heavyTotals[slot] += counts[1 + slot] }
             }
             let lightValues = light.flatMap { Array($0[model].values) }
             let rank = ranks[model] - above
@@ -155,7 +164,10 @@ final class MagnitudeBands: @unchecked Sendable {
                 if value > bits { greater += total }
                 if value == bits { equal += total }
             }
-            result[model] = MagnitudeThreshold(bits: bits, rank: ranks[model], above: above + greater, equal: equal)
+            let heavySlot = (0..<band.heavyCount).first { band.heavy[$0] == bits }
+            result[model] = Exact(
+                threshold: MagnitudeThreshold(bits: bits, rank: ranks[model], above: above + greater, equal: equal),
+                tiesPerChunk: heavySlot.map { slot in (0..<chunkCount).map { count(chunk: $0, model: model)[1 + slot] } })
         }
         return result
     }

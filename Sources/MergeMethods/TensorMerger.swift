@@ -109,6 +109,9 @@ public final class TensorMerger: @unchecked Sendable {
     public var bandMinimumElements = 1 << 20
     /// Whether `prepare` found the TIES thresholds in sampled bands (else by the histograms).
     public private(set) var countedInBands = false
+    /// Per fine-tune, the elements tied at its threshold in the chunks before each chunk (chunkCount + 1
+    /// prefix sums), when the bands counted them.
+    var tiesBeforeChunk: [[Int]]?
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
                 seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, load: @escaping ChunkLoader = { _ in },
@@ -213,8 +216,16 @@ public final class TensorMerger: @unchecked Sendable {
         }
         guard !selecting.isEmpty else { return }
         if let exact = countInSampledBands(selecting: selecting, ranks: ranks, threads: threads, workspaces: workspaces, window: window) {
-            for model in selecting { thresholds[model] = exact[model]! }
+            for model in selecting { thresholds[model] = exact[model]!.threshold }
             countedInBands = true
+            // Where every fine-tune dropping some ties has them counted per chunk, each chunk's ties are
+            // numbered before the merge, which then never guesses.
+            let counted = (0..<modelCount).map { model in
+                thresholds[model].dropsSomeTies ? exact[model]?.tiesPerChunk : Array(repeating: 0, count: chunkCount)
+            }
+            if counted.allSatisfy({ $0 != nil }) {
+                tiesBeforeChunk = counted.map { perChunk in perChunk!.reduce(into: [0]) { $0.append($0.last! + $1) } }
+            }
             return
         }
 
@@ -264,7 +275,7 @@ public final class TensorMerger: @unchecked Sendable {
     /// TIES's thresholds from one pass of counts inside bands a sample predicts (`MagnitudeBands`), or
     /// nil when the tensor is too small for a sample or a band missed; the histogram select runs then.
     private func countInSampledBands(selecting: [Int], ranks: [Int], threads: Int, workspaces: [MergeWorkspace],
-                                     window: Int) -> [MagnitudeThreshold?]? {
+                                     window: Int) -> [MagnitudeBands.Exact?]? {
         // Sixteen pieces of a sixteenth of a chunk, piece p at offset p of its own chunk (spread over
         // the tensor, the last, short chunk excepted): pieces loaded side by side then never share the
         // loader's buffer, where element e sits at e mod one window.
@@ -301,14 +312,15 @@ public final class TensorMerger: @unchecked Sendable {
             }
         }
         guard selecting.allSatisfy({ bands[$0] != nil }) else { return nil }
-        let counter = MagnitudeBands(bands: bands, workers: workers, lightLimit: MagnitudeBands.lightLimit(elementCount: elementCount))
+        let counter = MagnitudeBands(bands: bands, chunkCount: chunkCount, workers: workers,
+                                     lightLimit: MagnitudeBands.lightLimit(elementCount: elementCount))
         sweepWithoutHashing(threads: threads, workers: workers, window: window) { worker, chunk in
             let workspace = workspaces[worker]
             forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
                 read(nil, block, workspace.base)
                 for model in selecting {
                     read(model, block, workspace.models[model])
-                    counter.count(worker: worker, model: model, theta: workspace.models[model], base: workspace.base, n: block.count)
+                    counter.count(worker: worker, chunk: chunk, model: model, theta: workspace.models[model], base: workspace.base, n: block.count)
                 }
             }
         }
@@ -368,11 +380,26 @@ public final class TensorMerger: @unchecked Sendable {
     /// the kept ties ran out (then it keeps none). Once the window is done the counts are exact, and
     /// the few chunks that guessed wrong (the one where the kept ties run out, and those merged beside
     /// it) are merged again with their ties numbered; `emit` overwrites their blocks. Counting each
-    /// window's ties before merging it read the inputs of about half of every tensor twice.
+    /// window's ties before merging it read the inputs of about half of every tensor twice. When the
+    /// sampled bands counted the threshold's ties chunk by chunk (`tiesBeforeChunk`), every chunk's
+    /// ties are numbered from the start and nothing is guessed.
     public func mergeWindow(first: Int, count: Int, workspaces: [MergeWorkspace], threads: Int, emit: BlockEmitter) {
         precondition(first == nextChunk, "windows must be merged in order")
         let threads = min(threads, workspaces.count)
         let windowElements = elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound
+        if let tiesBeforeChunk {
+            let none = [Bool](repeating: false, count: modelCount)
+            forEachChunk(count, threads: threads) { worker, slot in
+                let chunk = first + slot
+                load(elements(ofChunk: chunk))
+                _ = mergeChunk(chunk, workspaces[worker], ties: tiesBeforeChunk.map { $0[chunk]..<$0[chunk + 1] }, counting: none) {
+                    offset, values, n in emit(slot, offset, values, n)
+                }
+            }
+            nextChunk += count
+            observeRead(windowElements, threads)
+            return
+        }
         let kept = thresholds.map(\.keptAtThreshold)
         let dropping = thresholds.map(\.dropsSomeTies)
         // Per slot: per fine-tune whether its ties were kept and counted (else none were kept), and the count.
