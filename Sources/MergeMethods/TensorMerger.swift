@@ -563,15 +563,26 @@ public final class TensorMerger: @unchecked Sendable {
                 if ties.lowerBound >= threshold.keptAtThreshold {
                     lowest = bits + 1
                 } else if ties.upperBound > threshold.keptAtThreshold {
-                    var equalSeen = tiesBefore
-                    for j in 0..<block.count {
-                        let magnitude = magnitudeBits(tau[j])
-                        let keep = magnitude > bits || (magnitude == bits && equalSeen < threshold.keptAtThreshold)
-                        equalSeen += magnitude == bits ? 1 : 0
-                        tau[j] = keep ? tau[j] : 0
+                    // In that chunk, a block whose ties all lie before or after the last kept one takes
+                    // the vector loops too, after a vector count of its ties; only the block holding
+                    // the last kept tie numbers them one by one.
+                    let raw = UnsafeRawPointer(tau).assumingMemoryBound(to: UInt32.self)
+                    var equal: UInt32 = 0
+                    for j in 0..<block.count { equal &+= (((raw[j] & 0x7FFF_FFFF) ^ bits) &- 1) >> 31 }
+                    if tiesBefore >= threshold.keptAtThreshold {
+                        lowest = bits + 1
+                    } else if tiesBefore + Int(equal) > threshold.keptAtThreshold {
+                        var equalSeen = tiesBefore
+                        for j in 0..<block.count {
+                            let magnitude = magnitudeBits(tau[j])
+                            let keep = magnitude > bits || (magnitude == bits && equalSeen < threshold.keptAtThreshold)
+                            equalSeen += magnitude == bits ? 1 : 0
+                            tau[j] = keep ? tau[j] : 0
+                        }
+                        tiesBefore = equalSeen
+                        return 0
                     }
-                    tiesBefore = equalSeen
-                    return 0
+                    tiesBefore += Int(equal)
                 }
             }
             for j in 0..<block.count { tau[j] = magnitudeBits(tau[j]) >= lowest ? tau[j] : 0 }
