@@ -80,12 +80,14 @@ public final class TensorMerger: @unchecked Sendable {
     static let histogramBytes = (Histograms.highBitBins + Histograms.lowBitBins) * 4
 
     /// Most bytes TIES's threshold selection holds for a tensor of `elementCount` elements: the
-    /// histograms, or (never at the same time) the sampled bands' sample, tables and light values,
-    /// whose buffers double up to twice their limit.
+    /// histograms, or (never at the same time) the sampled bands' sample and tables, their light values
+    /// (buffers that double, up to twice their limit) and per-chunk counts, and the ties per chunk.
     public static func thresholdSelectionBytes(modelCount: Int, threads: Int, elementCount: Int, chunkSize: Int) -> Int {
         let histograms = threads * modelCount * histogramBytes
+        let chunks = (elementCount + chunkSize - 1) / chunkSize
         let bands = modelCount * chunkSize * 4 + threads * Histograms.highBitBins * 4
             + threads * modelCount * 2 * 4 * MagnitudeBands.lightLimit(elementCount: elementCount)
+            + chunks * modelCount * (1 + MagnitudeBands.maximumHeavyValues + 1) * 8
         return max(histograms, bands)
     }
 
@@ -273,7 +275,8 @@ public final class TensorMerger: @unchecked Sendable {
     }
 
     /// TIES's thresholds from one pass of counts inside bands a sample predicts (`MagnitudeBands`), or
-    /// nil when the tensor is too small for a sample or a band missed; the histogram select runs then.
+    /// nil when the tensor is too small for a sample, the sample shows light values common, or a band
+    /// missed; the histogram select runs then.
     private func countInSampledBands(selecting: [Int], ranks: [Int], threads: Int, workspaces: [MergeWorkspace],
                                      window: Int) -> [MagnitudeBands.Exact?]? {
         // Sixteen pieces of a sixteenth of a chunk, piece p at offset p of its own chunk (spread over
