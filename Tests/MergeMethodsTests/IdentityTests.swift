@@ -145,21 +145,23 @@ struct IdentityTests {
         }
     }
 
-    @Test("TIES's thresholds counted in sampled bands equal the histograms', and a misleading sample falls back to them",
+    @Test("TIES's thresholds counted in sampled bands equal the histograms'; misleading or light-heavy samples take the histograms",
           arguments: [0.2, 0.5, 0.8])
     func tiesSampledBands(density: Double) {
         // Task vectors like a bf16 checkpoint's: d·2⁻ᵉ for d in 1...7 and a few exponents, so a handful of
         // magnitudes each hold percents of the tensor (heavy values, counted), plus scattered inexact
         // ones (light values, kept); 64 chunks of 1,024. `misleading` makes the chunks the sample reads
         // (piece p of 16 lies in chunk ⌊p·63/16⌋) 1000× larger, so its bands miss and the histograms decide.
+        // `continuous` gives every element its own magnitude, as f32 checkpoints do: the sample shows
+        // light values everywhere, and the histograms decide from the start.
         let n = 1 << 16, chunkSize = 1024
         let sampled = Set((0..<16).map { $0 * 63 / 16 })
-        for misleading in [false, true] {
+        for (misleading, continuous) in [(false, false), (true, false), (false, true)] {
             let models = (0..<3).map { model in
                 (0..<n).map { j -> Float in
                     let state = splitMix64(UInt64(model * n + j) &+ 17)
                     var tau = Float(state % 8) * Float(sign: .plus, exponent: -8 - Int(state >> 8 % 4), significand: 1)
-                    if state >> 20 % 2003 == 0 { tau += Float(state >> 32 % 1000) * 1e-7 }
+                    if state >> 20 % 2003 == 0 || continuous { tau += Float(state >> 32 % 1000) * 1e-7 }
                     if misleading && sampled.contains(j / chunkSize) { tau *= 1000 }
                     return (state >> 40) & 1 == 0 ? tau : -tau
                 }
@@ -172,8 +174,8 @@ struct IdentityTests {
             var inBands = false
             let banded = mergeInMemory(.ties, base: base, models: thetas, parameters: parameters, chunkSize: chunkSize, blockSize: 256,
                                        threads: 2, bandMinimumElements: 0, countedInBands: &inBands)
-            #expect(inBands == !misleading, "misleading \(misleading)")
-            #expect(banded.map(\.bitPattern) == histograms.map(\.bitPattern), "misleading \(misleading)")
+            #expect(inBands == !(misleading || continuous), "misleading \(misleading), continuous \(continuous)")
+            #expect(banded.map(\.bitPattern) == histograms.map(\.bitPattern), "misleading \(misleading), continuous \(continuous)")
         }
     }
 
