@@ -52,6 +52,16 @@ final class MagnitudeBands: @unchecked Sendable {
     /// most a sample accepted by `predict` suggests, so that only a misleading sample reaches it.
     static func lightLimit(elementCount: Int) -> Int { max(4096, elementCount / 256) }
 
+    /// Most bytes the bands hold for a tensor of `chunkCount` chunks of `chunkSize` and `elementCount`
+    /// elements: the sample (a chunk's worth per fine-tune) and the prediction tables, the light values
+    /// (buffers that double, up to twice their limit), the per-chunk counts and the ties per chunk.
+    static func byteCount(modelCount: Int, workers: Int, elementCount: Int, chunkSize: Int) -> Int {
+        let chunks = (elementCount + chunkSize - 1) / chunkSize
+        return modelCount * chunkSize * 4 + workers * Histograms.highBitBins * 4
+            + workers * modelCount * 2 * 4 * lightLimit(elementCount: elementCount)
+            + chunks * modelCount * (slots + 1) * 8
+    }
+
     init(bands: [Band?], chunkCount: Int, workers: Int, lightLimit: Int) {
         self.bands = bands
         modelCount = bands.count
@@ -97,26 +107,24 @@ final class MagnitudeBands: @unchecked Sendable {
         let lo = band.lo, hi = band.hi
         let h0 = band.heavy[0], h1 = band.heavy[1], h2 = band.heavy[2], h3 = band.heavy[3]
         var below: UInt32 = 0, above: UInt32 = 0, e0: UInt32 = 0, e1: UInt32 = 0, e2: UInt32 = 0, e3: UInt32 = 0
-        // Branch-free, so that the loops vectorise: a difference of patterns below 2³¹ has its top bit
-        // set exactly when it went negative, and (m ^ h) − 1 exactly when m == h. Bands of at most two
-        // heavy values take a loop with two compares fewer.
+        // Bands of at most two heavy values (most) take a loop with two compares fewer.
         if band.heavyCount <= 2 {
             for j in 0..<n {
                 let m = magnitudeBits(theta[j] - base[j])
-                below &+= (m &- lo) >> 31
-                above &+= (hi &- m) >> 31
-                e0 &+= ((m ^ h0) &- 1) >> 31
-                e1 &+= ((m ^ h1) &- 1) >> 31
+                below &+= isBelow(m, lo)
+                above &+= isBelow(hi, m)
+                e0 &+= isEqual(m, h0)
+                e1 &+= isEqual(m, h1)
             }
         } else {
             for j in 0..<n {
                 let m = magnitudeBits(theta[j] - base[j])
-                below &+= (m &- lo) >> 31
-                above &+= (hi &- m) >> 31
-                e0 &+= ((m ^ h0) &- 1) >> 31
-                e1 &+= ((m ^ h1) &- 1) >> 31
-                e2 &+= ((m ^ h2) &- 1) >> 31
-                e3 &+= ((m ^ h3) &- 1) >> 31
+                below &+= isBelow(m, lo)
+                above &+= isBelow(hi, m)
+                e0 &+= isEqual(m, h0)
+                e1 &+= isEqual(m, h1)
+                e2 &+= isEqual(m, h2)
+                e3 &+= isEqual(m, h3)
             }
         }
         let equal = SIMD4(e0, e1, e2, e3)

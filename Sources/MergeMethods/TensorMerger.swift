@@ -80,15 +80,10 @@ public final class TensorMerger: @unchecked Sendable {
     static let histogramBytes = (Histograms.highBitBins + Histograms.lowBitBins) * 4
 
     /// Most bytes TIES's threshold selection holds for a tensor of `elementCount` elements: the
-    /// histograms, or (never at the same time) the sampled bands' sample and tables, their light values
-    /// (buffers that double, up to twice their limit) and per-chunk counts, and the ties per chunk.
+    /// histograms or (never at the same time) the sampled bands.
     public static func thresholdSelectionBytes(modelCount: Int, threads: Int, elementCount: Int, chunkSize: Int) -> Int {
-        let histograms = threads * modelCount * histogramBytes
-        let chunks = (elementCount + chunkSize - 1) / chunkSize
-        let bands = modelCount * chunkSize * 4 + threads * Histograms.highBitBins * 4
-            + threads * modelCount * 2 * 4 * MagnitudeBands.lightLimit(elementCount: elementCount)
-            + chunks * modelCount * (1 + MagnitudeBands.maximumHeavyValues + 1) * 8
-        return max(histograms, bands)
+        max(threads * modelCount * histogramBytes,
+            MagnitudeBands.byteCount(modelCount: modelCount, workers: threads, elementCount: elementCount, chunkSize: chunkSize))
     }
 
     public let method: MergeMethod
@@ -295,9 +290,9 @@ public final class TensorMerger: @unchecked Sendable {
             forEachBlock(of: start..<start + pieceLength, size: workspace.blockSize) { block in
                 read(nil, block, workspace.base)
                 for (i, model) in selecting.enumerated() {
-                    read(model, block, workspace.models[model])
-                    let sample = samples + i * sampleSize + piece * pieceLength + (block.lowerBound - start)
-                    for j in 0..<block.count { sample[j] = magnitudeBits(workspace.models[model][j] - workspace.base[j]) }
+                    loadTaskVector(model, block: block, workspace)
+                    let tau = workspace.models[model], sample = samples + i * sampleSize + piece * pieceLength + (block.lowerBound - start)
+                    for j in 0..<block.count { sample[j] = magnitudeBits(tau[j]) }
                 }
             }
         }
@@ -547,15 +542,13 @@ public final class TensorMerger: @unchecked Sendable {
             if threshold.keepNone { tau.update(repeating: 0, count: block.count); return 0 }
             let bits = threshold.thresholdBits
             if counting {
-                // Branch-free on the bits, so that the loop vectorises: written with `magnitude == bits ? 1 : 0`
-                // the compiler kept it scalar and branchy, 11× slower. (m ^ t) − 1 has its top bit set
-                // only when m == t, as both are below 2³¹.
+                // Branch-free on the bits (`isEqual`), so that the loop vectorises.
                 let raw = UnsafeMutableRawPointer(tau).assumingMemoryBound(to: UInt32.self)
                 var equal: UInt32 = 0
                 for j in 0..<block.count {
                     let magnitude = raw[j] & 0x7FFF_FFFF
                     raw[j] = magnitude >= bits ? raw[j] : 0
-                    equal &+= ((magnitude ^ bits) &- 1) >> 31
+                    equal &+= isEqual(magnitude, bits)
                 }
                 return Int(equal)
             }
@@ -571,7 +564,7 @@ public final class TensorMerger: @unchecked Sendable {
                     // the last kept tie numbers them one by one.
                     let raw = UnsafeRawPointer(tau).assumingMemoryBound(to: UInt32.self)
                     var equal: UInt32 = 0
-                    for j in 0..<block.count { equal &+= (((raw[j] & 0x7FFF_FFFF) ^ bits) &- 1) >> 31 }
+                    for j in 0..<block.count { equal &+= isEqual(raw[j] & 0x7FFF_FFFF, bits) }
                     if tiesBefore >= threshold.keptAtThreshold {
                         lowest = bits + 1
                     } else if tiesBefore + Int(equal) > threshold.keptAtThreshold {
