@@ -38,16 +38,9 @@ public struct MagnitudeThreshold: Sendable {
 @inline(__always)
 func magnitudeBits(_ value: Float) -> UInt32 { value.bitPattern & 0x7FFF_FFFF }
 
-// Comparisons of |τ| bit patterns (both below 2³¹) as 0 or 1 in integer arithmetic, so that loops
-// summing them vectorise: written as `a == b ? 1 : 0` the compiler kept such loops scalar and branchy
-// (11× slower). A difference of such patterns has its top bit set exactly when it went negative, and
-// (a ^ b) − 1 exactly when a == b.
-
-/// 1 when `a < b`, else 0.
-@inline(__always)
-func isBelow(_ a: UInt32, _ b: UInt32) -> UInt32 { (a &- b) >> 31 }
-
-/// 1 when `a == b`, else 0.
+/// 1 when `a == b`, else 0, for |τ| bit patterns (both below 2³¹): (a ^ b) − 1 has its top bit set
+/// exactly when a == b. In integer arithmetic, so that loops summing it vectorise: written as
+/// `a == b ? 1 : 0` the compiler kept such loops scalar and branchy (11× slower).
 @inline(__always)
 func isEqual(_ a: UInt32, _ b: UInt32) -> UInt32 { ((a ^ b) &- 1) >> 31 }
 

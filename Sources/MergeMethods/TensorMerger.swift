@@ -5,6 +5,10 @@ import Synchronization
 /// Reads elements `elements` of a model's tensor as f32 into the buffer; `model` nil is the base.
 public typealias ChunkReader = @Sendable (_ model: Int?, _ elements: Range<Int>, _ into: UnsafeMutablePointer<Float>) -> Void
 
+/// Where a model's elements `elements` (`model` nil is the base) are bf16 bits already in memory, those
+/// bits, which loops then widen as they use them; else nil, and `ChunkReader` converts them.
+public typealias BFloat16Reader = @Sendable (_ model: Int?, _ elements: Range<Int>) -> UnsafePointer<UInt16>?
+
 /// Brings elements `elements` of every input to where `read` takes them from, where they stay until
 /// the window (or preparation window) holding them is done. Called by the worker about to read a
 /// chunk, before its first read (the executor `pread`s the chunk into a buffer).
@@ -91,6 +95,7 @@ public final class TensorMerger: @unchecked Sendable {
     public let elementCount: Int
     public let chunkSize: Int
     let read: ChunkReader
+    let readBFloat16: BFloat16Reader
     let load: ChunkLoader
     let observeRead: ReadObserver
     let modelCount: Int
@@ -111,13 +116,15 @@ public final class TensorMerger: @unchecked Sendable {
     var tiesBeforeChunk: [[Int]]?
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
-                seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, load: @escaping ChunkLoader = { _ in },
+                seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, readBFloat16: @escaping BFloat16Reader = { _, _ in nil },
+                load: @escaping ChunkLoader = { _ in },
                 observeRead: @escaping ReadObserver = { _, _ in }) {
         self.method = method
         self.parameters = parameters
         self.elementCount = elementCount
         self.chunkSize = chunkSize
         self.read = read
+        self.readBFloat16 = readBFloat16
         self.load = load
         self.observeRead = observeRead
         modelCount = parameters.weights.count
@@ -148,6 +155,11 @@ public final class TensorMerger: @unchecked Sendable {
     @inline(__always)
     func loadTaskVector(_ model: Int, block: Range<Int>, _ workspace: MergeWorkspace) {
         let tau = workspace.models[model], base = workspace.base
+        if let bits = readBFloat16(model, block) {
+            let theta = BFloat16Block(bits: bits)
+            for j in 0..<block.count { tau[j] = theta[j] - base[j] }
+            return
+        }
         read(model, block, tau)
         for j in 0..<block.count { tau[j] = tau[j] - base[j] }
     }
@@ -317,8 +329,13 @@ public final class TensorMerger: @unchecked Sendable {
             forEachBlock(of: elements(ofChunk: chunk), size: workspace.blockSize) { block in
                 read(nil, block, workspace.base)
                 for model in selecting {
-                    read(model, block, workspace.models[model])
-                    counter.count(worker: worker, chunk: chunk, model: model, theta: workspace.models[model], base: workspace.base, n: block.count)
+                    if let bits = readBFloat16(model, block) {
+                        counter.count(worker: worker, chunk: chunk, model: model, theta: BFloat16Block(bits: bits), base: workspace.base, n: block.count)
+                    } else {
+                        read(model, block, workspace.models[model])
+                        counter.count(worker: worker, chunk: chunk, model: model, theta: FloatBlock(values: workspace.models[model]),
+                                      base: workspace.base, n: block.count)
+                    }
                 }
             }
         }
@@ -483,15 +500,17 @@ public final class TensorMerger: @unchecked Sendable {
                 for start in stride(from: 0, to: count, by: Lanes.scalarCount) {
                     var acc = Lanes(repeating: 0)
                     if electsSign {
-                        // dᵢ = wᵢ·τ̂ᵢ; the majority sign is the sign of Σdᵢ (≥ 0 → +); only dᵢ of that sign
-                        // are summed, and with normalize divided by the sum of their weights.
+                        // dᵢ = wᵢ·τ̂ᵢ; the majority sign s is the sign of Σdᵢ (≥ 0 → +); only dᵢ of that sign
+                        // are summed, and with normalize divided by the sum of their weights. dᵢ agrees
+                        // when s·dᵢ > 0 (s = ±1, so exact): one compare per fine-tune, where combining
+                        // `dᵢ > 0` and `dᵢ < 0` masks cost AVX2 (no mask registers) a repacking of each.
                         var sum = Lanes(repeating: 0)
                         for model in 0..<models.count { sum = sum + weights[model] * load(models[model], start) }
-                        let positive = sum .>= 0
+                        let sign = Lanes(repeating: 1).replacing(with: -1, where: .!(sum .>= 0))
                         var div = Lanes(repeating: 0)
                         for model in 0..<models.count {
                             let d = weights[model] * load(models[model], start)
-                            let agrees = (positive .& (d .> 0)) .| (.!positive .& (d .< 0))
+                            let agrees = d * sign .> 0
                             acc = acc + Lanes(repeating: 0).replacing(with: d, where: agrees)
                             div = div + Lanes(repeating: 0).replacing(with: weights[model], where: agrees)
                         }

@@ -70,6 +70,13 @@ final class InputWindow: @unchecked Sendable {
                        dtype: dtype, count: elements.count)
     }
 
+    /// The loaded bits of elements `elements` of input `index` when it is bf16 (loops widen them as they
+    /// use them), else nil.
+    func bfloat16Bits(_ index: Int, elements: Range<Int>) -> UnsafePointer<UInt16>? {
+        guard dtypes[index] == .bf16 else { return nil }
+        return UnsafePointer((buffers[index] + (elements.lowerBound % capacity) * 2).assumingMemoryBound(to: UInt16.self))
+    }
+
     /// The loaded bytes of elements `elements` (within one window) of input `index`.
     func bytes(_ index: Int, elements: Range<Int>) -> UnsafeRawBufferPointer {
         let size = dtypes[index].size

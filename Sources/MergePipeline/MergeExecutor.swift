@@ -240,6 +240,7 @@ private func mergeTensor(
     let merger = TensorMerger(
         method: plan.config.method, parameters: parameters, elementCount: tensor.elementCount,
         canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read,
+        readBFloat16: { model, elements in inputs.bfloat16Bits((model ?? -1) + (hasBase ? 1 : 0), elements: elements) },
         load: { elements in inputs.load(elements) },
         observeRead: { elements, threads in
             inputHashes.advance(sources, elements: elements, threads: threads) { inputs.bytes($0, elements: elements) }
