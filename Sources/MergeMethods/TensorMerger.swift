@@ -14,6 +14,11 @@ public typealias BFloat16Reader = @Sendable (_ model: Int?, _ elements: Range<In
 /// chunk, before its first read (the executor `pread`s the chunk into a buffer).
 public typealias ChunkLoader = @Sendable (_ elements: Range<Int>) -> Void
 
+/// Asks the loader to hold element e at e mod `chunks` chunks from now on (`chunks` divides a window;
+/// a window's count of chunks restores it): a pass that hashes nothing needs a chunk per worker, and
+/// buffers a core's cache holds.
+public typealias LoadRing = (_ chunks: Int) -> Void
+
 /// Told that elements `elements` of every input have just been read, with how many threads it may
 /// use: after every window of the merge and of a preparation pass, before the next one is loaded.
 /// (The executor hashes the inputs' bytes there, in file order, while they are in cache.)
@@ -97,6 +102,7 @@ public final class TensorMerger: @unchecked Sendable {
     let read: ChunkReader
     let readBFloat16: BFloat16Reader
     let load: ChunkLoader
+    let holdChunks: LoadRing
     let observeRead: ReadObserver
     let modelCount: Int
     let dropout: [DropoutStream]
@@ -117,7 +123,7 @@ public final class TensorMerger: @unchecked Sendable {
 
     public init(method: MergeMethod, parameters: TensorMergeParameters, elementCount: Int, canonicalName: String,
                 seed: UInt64, chunkSize: Int, read: @escaping ChunkReader, readBFloat16: @escaping BFloat16Reader = { _, _ in nil },
-                load: @escaping ChunkLoader = { _ in },
+                load: @escaping ChunkLoader = { _ in }, holdChunks: @escaping LoadRing = { _ in },
                 observeRead: @escaping ReadObserver = { _, _ in }) {
         self.method = method
         self.parameters = parameters
@@ -126,6 +132,7 @@ public final class TensorMerger: @unchecked Sendable {
         self.read = read
         self.readBFloat16 = readBFloat16
         self.load = load
+        self.holdChunks = holdChunks
         self.observeRead = observeRead
         modelCount = parameters.weights.count
         dropout = (0..<parameters.weights.count).map { DropoutStream(seed: seed, tensorName: canonicalName, modelIndex: $0) }
@@ -201,12 +208,15 @@ public final class TensorMerger: @unchecked Sendable {
 
     /// One pass over the tensor with no barrier between windows, for a preparation pass that leaves
     /// hashing the inputs to the merge: part p of P takes chunks p, p + P, … in order. The loader holds
-    /// element e at e mod `window` chunks, so with `window` a multiple of P no two parts' chunks share a
-    /// slot, and a part reuses its own only after finishing the chunk before.
+    /// element e at e mod P chunks meanwhile, so part p always reuses slot p, after finishing the chunk
+    /// before, and its inputs' buffers stay in its core's cache: spread over a window, they were
+    /// written back to memory (and read from it once more) at every chunk, 8 % of the pass.
     /// (Barriers at every window idled a worker at each window's last chunk; see `sweep`.)
     private func sweepWithoutHashing(threads: Int, workers: Int, window: Int, _ body: (_ worker: Int, _ chunk: Int) -> Void) {
         // As many parts as workers allow and divide the window (all of them for the executor's windows).
         let parts = (1...max(1, min(threads, workers))).last { window % $0 == 0 }!
+        holdChunks(parts)
+        defer { holdChunks(window) }
         forEachChunk(parts, threads: parts) { worker, part in
             for chunk in stride(from: part, to: chunkCount, by: parts) {
                 load(elements(ofChunk: chunk))

@@ -12,10 +12,16 @@ import SafetensorsFormat
 /// shootdown per release span, and conversion loops stalled on memory at every scattered 4 KiB page:
 /// together more CPU than the kernel's copy (which streams pages at memory speed).
 ///
-/// Windows are aligned: element e of a tensor lives at e mod `capacity` in its input's buffer.
+/// Windows are aligned: element e of a tensor lives at e mod `ring` (a window, unless a pass asks
+/// for fewer) in its input's buffer.
 final class InputWindow: @unchecked Sendable {
     /// Elements per buffer: one window.
     let capacity: Int
+    /// Element e sits at e mod `ring` in its input's buffer: a window's elements, or fewer (dividing
+    /// them) for a pass whose buffers should stay in cache.
+    var ring: Int {
+        didSet { precondition(ring > 0 && capacity % ring == 0, "a load ring divides the window") }
+    }
     private let buffers: [UnsafeMutableRawPointer]
     private var readers: [String: PositionalReader] = [:]
     private(set) var sources: [(SafetensorsFile, TensorInfo)] = []
@@ -28,6 +34,7 @@ final class InputWindow: @unchecked Sendable {
     /// Buffers of `capacity` elements of `widestElement` bytes for `inputCount` inputs.
     init(capacity: Int, widestElement: Int, inputCount: Int) {
         self.capacity = capacity
+        ring = capacity
         buffers = (0..<inputCount).map { _ in .allocate(byteCount: capacity * widestElement, alignment: 64) }
     }
 
@@ -53,7 +60,7 @@ final class InputWindow: @unchecked Sendable {
             let size = info.dtype.size
             let range = file.fileRange(of: info, elements: elements)
             do {
-                guard try sourceReaders[index].read(into: buffers[index] + (elements.lowerBound % capacity) * size,
+                guard try sourceReaders[index].read(into: buffers[index] + (elements.lowerBound % ring) * size,
                                                     count: range.count, at: range.lowerBound) else {
                     throw MergeError.io(path: file.path, detail: "tensor '\(info.name)' ends past the end of the file")
                 }
@@ -66,7 +73,7 @@ final class InputWindow: @unchecked Sendable {
     /// Converts elements `elements` of input `index` (loaded before) to f32 into `destination`.
     func readFloats(_ index: Int, elements: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
         let dtype = dtypes[index]
-        convertToFloat(destination, from: buffers[index] + (elements.lowerBound % capacity) * dtype.size,
+        convertToFloat(destination, from: buffers[index] + (elements.lowerBound % ring) * dtype.size,
                        dtype: dtype, count: elements.count)
     }
 
@@ -74,13 +81,13 @@ final class InputWindow: @unchecked Sendable {
     /// use them), else nil.
     func bfloat16Bits(_ index: Int, elements: Range<Int>) -> UnsafePointer<UInt16>? {
         guard dtypes[index] == .bf16 else { return nil }
-        return UnsafePointer((buffers[index] + (elements.lowerBound % capacity) * 2).assumingMemoryBound(to: UInt16.self))
+        return UnsafePointer((buffers[index] + (elements.lowerBound % ring) * 2).assumingMemoryBound(to: UInt16.self))
     }
 
     /// The loaded bytes of elements `elements` (within one window) of input `index`.
     func bytes(_ index: Int, elements: Range<Int>) -> UnsafeRawBufferPointer {
         let size = dtypes[index].size
-        return UnsafeRawBufferPointer(start: buffers[index] + (elements.lowerBound % capacity) * size, count: elements.count * size)
+        return UnsafeRawBufferPointer(start: buffers[index] + (elements.lowerBound % ring) * size, count: elements.count * size)
     }
 
     /// Throws the first read failure.
