@@ -20,8 +20,10 @@ public typealias ChunkLoader = @Sendable (_ elements: Range<Int>) -> Void
 public typealias LoadRing = (_ chunks: Int) -> Void
 
 /// Told that elements `elements` of every input have just been read, with how many threads it may
-/// use: after every window of the merge and of a preparation pass, before the next one is loaded.
-/// (The executor hashes the inputs' bytes there, in file order, while they are in cache.)
+/// use, in element order: in the merge after each chunk, as soon as the chunks before it were told
+/// too (`InOrderChunks`), and after every window of a preparation pass that reads its inputs for the
+/// first time; always before the window is loaded over. (The executor hashes the inputs' bytes
+/// there, in file order, while they are in cache.)
 public typealias ReadObserver = (_ elements: Range<Int>, _ threads: Int) -> Void
 
 /// Receives a finished block of the merged tensor: the window slot (chunk) it belongs to, its first
@@ -411,7 +413,7 @@ public final class TensorMerger: @unchecked Sendable {
     public func mergeWindow(first: Int, count: Int, workspaces: [MergeWorkspace], threads: Int, emit: BlockEmitter) {
         precondition(first == nextChunk, "windows must be merged in order")
         let threads = min(threads, workspaces.count)
-        let windowElements = elements(ofChunk: first).lowerBound..<elements(ofChunk: first + count - 1).upperBound
+        let observed = InOrderChunks(count: count)
         if let tiesBeforeChunk {
             let none = [Bool](repeating: false, count: modelCount)
             forEachChunk(count, threads: threads) { worker, slot in
@@ -420,9 +422,9 @@ public final class TensorMerger: @unchecked Sendable {
                 _ = mergeChunk(chunk, workspaces[worker], ties: tiesBeforeChunk.map { $0[chunk]..<$0[chunk + 1] }, counting: none) {
                     offset, values, n in emit(slot, offset, values, n)
                 }
+                observed.finish(slot) { observeRead(elements(ofChunk: first + $0), 1) }
             }
             nextChunk += count
-            observeRead(windowElements, threads)
             return
         }
         let kept = thresholds.map(\.keptAtThreshold)
@@ -436,6 +438,7 @@ public final class TensorMerger: @unchecked Sendable {
                 offset, values, n in emit(slot, offset, values, n)
             }
             progress.withLock { $0.finish(slot, counting: counting, counts: counts) }
+            observed.finish(slot) { observeRead(elements(ofChunk: first + $0), 1) }
         }
         let (counting, counts) = progress.withLock { ($0.counting, $0.counts) }
         // Exact numbering of every chunk's ties, and the chunks whose guess was wrong.
@@ -462,7 +465,6 @@ public final class TensorMerger: @unchecked Sendable {
             }
         }
         nextChunk += count
-        observeRead(windowElements, threads)
     }
 
     /// Merges one chunk block by block. `ties[i]` numbers the chunk's elements tied at fine-tune i's
@@ -653,5 +655,41 @@ struct TieProgress {
             for model in seen.indices where kinds[model] { seen[model] += done[model] }
             prefix += 1
         }
+    }
+}
+
+/// Runs an action on a window's chunks in order, each as soon as it and every chunk before it are
+/// finished, on the worker that finishes that run: mostly the one that merged the chunk, while its
+/// inputs are still in its core's cache. (Hashing each window's inputs after the window read 8 MiB
+/// back from memory per window.) One worker at a time runs actions; a chunk finished meanwhile is
+/// left to it.
+final class InOrderChunks: Sendable {
+    private struct State {
+        var finished: [Bool]
+        var next = 0
+        var acting = false
+    }
+    private let state: Mutex<State>
+
+    init(count: Int) { state = Mutex(State(finished: Array(repeating: false, count: count))) }
+
+    func finish(_ slot: Int, _ action: (Int) -> Void) {
+        var run = state.withLock { state -> Range<Int> in
+            state.finished[slot] = true
+            return state.acting ? 0..<0 : Self.claim(&state)
+        }
+        while !run.isEmpty {
+            for slot in run { action(slot) }
+            run = state.withLock { Self.claim(&$0) }
+        }
+    }
+
+    /// The finished chunks next in order, marked as being acted on; none (and no longer acting) if the
+    /// next chunk is not finished.
+    private static func claim(_ state: inout State) -> Range<Int> {
+        let start = state.next
+        while state.next < state.finished.count, state.finished[state.next] { state.next += 1 }
+        state.acting = state.next > start
+        return start..<state.next
     }
 }
