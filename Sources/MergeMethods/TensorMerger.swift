@@ -1,5 +1,6 @@
 // TensorMerger: merges one tensor chunk by chunk, computing in cache-sized blocks, so memory is bounded by the chunk size, not the tensor.
 import Dispatch
+import Glibc
 import Synchronization
 
 /// Reads elements `elements` of a model's tensor as f32 into the buffer; `model` nil is the base.
@@ -15,9 +16,9 @@ public typealias BFloat16Reader = @Sendable (_ model: Int?, _ elements: Range<In
 public typealias ChunkLoader = @Sendable (_ elements: Range<Int>) -> Void
 
 /// Asks the loader to hold element e at e mod `chunks` chunks from now on (`chunks` divides a window;
-/// a window's count of chunks restores it): a pass that hashes nothing needs a chunk per worker, and
-/// buffers a core's cache holds.
-public typealias LoadRing = (_ chunks: Int) -> Void
+/// nil: a whole window), so that a pass needing few chunks loaded at once reuses buffers a core's
+/// cache holds.
+public typealias LoadRing = (_ chunks: Int?) -> Void
 
 /// Told that elements `elements` of every input have just been read, with how many threads it may
 /// use, in element order: in the merge after each chunk, as soon as the chunks before it were told
@@ -198,6 +199,7 @@ public final class TensorMerger: @unchecked Sendable {
     /// One pass over the tensor in windows of `window` chunks: `body(worker, chunk)` for every chunk,
     /// on the workers, each chunk loaded first.
     private func sweep(threads: Int, workers: Int, window: Int, _ body: (_ worker: Int, _ chunk: Int) -> Void) {
+        holdChunks(nil)
         for first in stride(from: 0, to: chunkCount, by: window) {
             let count = min(window, chunkCount - first)
             forEachChunk(count, threads: min(threads, workers)) { worker, index in
@@ -218,7 +220,7 @@ public final class TensorMerger: @unchecked Sendable {
         // As many parts as workers allow and divide the window (all of them for the executor's windows).
         let parts = (1...max(1, min(threads, workers))).last { window % $0 == 0 }!
         holdChunks(parts)
-        defer { holdChunks(window) }
+        defer { holdChunks(nil) }
         forEachChunk(parts, threads: parts) { worker, part in
             for chunk in stride(from: part, to: chunkCount, by: parts) {
                 load(elements(ofChunk: chunk))
@@ -414,11 +416,21 @@ public final class TensorMerger: @unchecked Sendable {
         precondition(first == nextChunk, "windows must be merged in order")
         let threads = min(threads, workspaces.count)
         let observed = InOrderChunks(count: count)
+        // Inputs loaded at once: two chunks per worker, so that their buffers stay in the workers'
+        // caches (a slot is loaded again only once its chunk was merged and hashed); the whole window
+        // where TIES may merge chunks again after it (guessed ties). Spread over the window, every
+        // buffer was written back to memory before it was read again.
+        let ring = tiesBeforeChunk == nil && thresholds.contains(where: \.dropsSomeTies) ? nil : 2 * workspaces.count
+        holdChunks(ring)
+        let loadChunk = { (slot: Int) in
+            if let ring, slot >= ring { observed.waitUntilDone(slot - ring) }
+            self.load(self.elements(ofChunk: first + slot))
+        }
         if let tiesBeforeChunk {
             let none = [Bool](repeating: false, count: modelCount)
             forEachChunk(count, threads: threads) { worker, slot in
                 let chunk = first + slot
-                load(elements(ofChunk: chunk))
+                loadChunk(slot)
                 _ = mergeChunk(chunk, workspaces[worker], ties: tiesBeforeChunk.map { $0[chunk]..<$0[chunk + 1] }, counting: none) {
                     offset, values, n in emit(slot, offset, values, n)
                 }
@@ -432,7 +444,7 @@ public final class TensorMerger: @unchecked Sendable {
         // Per slot: per fine-tune whether its ties were kept and counted (else none were kept), and the count.
         let progress = Mutex(TieProgress(seen: tiesSeen, slots: count))
         forEachChunk(count, threads: threads) { worker, slot in
-            load(elements(ofChunk: first + slot))
+            loadChunk(slot)
             let counting = progress.withLock { state in (0..<modelCount).map { dropping[$0] && state.seen[$0] < kept[$0] } }
             let counts = mergeChunk(first + slot, workspaces[worker], ties: kept.map { $0..<$0 }, counting: counting) {
                 offset, values, n in emit(slot, offset, values, n)
@@ -666,7 +678,9 @@ struct TieProgress {
 final class InOrderChunks: Sendable {
     private struct State {
         var finished: [Bool]
+        /// Chunks before `next` are claimed for their action, chunks before `done` have had it.
         var next = 0
+        var done = 0
         var acting = false
     }
     private let state: Mutex<State>
@@ -680,8 +694,17 @@ final class InOrderChunks: Sendable {
         }
         while !run.isEmpty {
             for slot in run { action(slot) }
-            run = state.withLock { Self.claim(&$0) }
+            run = state.withLock { state in
+                state.done = run.upperBound
+                return Self.claim(&state)
+            }
         }
+    }
+
+    /// Returns once chunk `slot` has had its action (and so was finished). Rarely waits: the chunks
+    /// of a window are handed out in order, and a worker waits here only for a chunk two rounds back.
+    func waitUntilDone(_ slot: Int) {
+        while state.withLock({ $0.done <= slot }) { sched_yield() }
     }
 
     /// The finished chunks next in order, marked as being acted on; none (and no longer acting) if the

@@ -241,7 +241,7 @@ private func mergeTensor(
         method: plan.config.method, parameters: parameters, elementCount: tensor.elementCount,
         canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read,
         readBFloat16: { model, elements in inputs.bfloat16Bits((model ?? -1) + (hasBase ? 1 : 0), elements: elements) },
-        load: { elements in inputs.load(elements) }, holdChunks: { chunks in inputs.ring = chunks * plan.chunkSize },
+        load: { elements in inputs.load(elements) }, holdChunks: { chunks in inputs.ring = chunks.map { $0 * plan.chunkSize } ?? inputs.capacity },
         observeRead: { elements, threads in
             inputHashes.advance(sources, elements: elements, threads: threads) { inputs.bytes($0, elements: elements) }
         })
