@@ -81,6 +81,32 @@ struct IdentityTests {
         #expect(maxAbsError(merged, expected).error < 1e-6)
     }
 
+    @Test("TIES's sign election and task arithmetic's sum equal a scalar reference bit for bit, for 1 to 10 fine-tunes",
+          arguments: 1...10)
+    func combineAnyModelCount(modelCount: Int) {
+        // Up to eight fine-tunes take loops specialised for their count, more the general one.
+        let models = (0..<modelCount).map { i in zip(base, values(1000, seed: UInt64(30 + i), scale: 0.01)).map(+) }
+        let weights = (0..<modelCount).map { Float(1 + $0 % 3) * 0.4 }
+        for method in [MergeMethod.ties, .taskArithmetic] {
+            let parameters = TensorMergeParameters(weights: weights, densities: Array(repeating: 1, count: modelCount),
+                                                   lambda: 0.7, normalize: method == .ties)
+            let merged = mergeInMemory(method, base: base, models: models, parameters: parameters)
+            // The reference's operations in its order: dᵢ = wᵢτᵢ summed from 0, then the agreeing dᵢ and wᵢ.
+            let expected = (0..<base.count).map { j -> Float in
+                let d = (0..<modelCount).map { weights[$0] * (models[$0][j] - base[j]) }
+                guard method == .ties else { return base[j] + 0.7 * d.reduce(Float(0), +) }
+                let positive = d.reduce(Float(0), +) >= 0
+                var mixed: Float = 0, divisor: Float = 0
+                for (i, di) in d.enumerated() where positive ? di > 0 : di < 0 {
+                    mixed = mixed + di
+                    divisor = divisor + weights[i]
+                }
+                return base[j] + 0.7 * (mixed / (divisor == 0 ? 1 : divisor))
+            }
+            #expect(merged.map(\.bitPattern) == expected.map(\.bitPattern), "\(method), \(modelCount) fine-tunes")
+        }
+    }
+
     @Test("TIES keeps exactly ⌊density·n⌋ elements per task vector, ties broken by lower index")
     func tiesKeepsTopK() {
         // One fine-tune, normalize off, λ 1: the output minus base is exactly the trimmed τ.
