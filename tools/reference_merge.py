@@ -12,9 +12,9 @@ All per-element math is float32 in a fixed order (below), so a bf16 output can b
                    mixed = Σ keepᵢ·dᵢ; with normalize ÷ (Σ keepᵢ·wᵢ, 0 → 1); θ₀ + λ·mixed
   dare_*           mask mᵢ from the counter-based stream; τ̃ᵢ = (τᵢ·mᵢ)/densityᵢ; then task arithmetic
                    (dare_linear) or the TIES sign election without trimming (dare_ties)
-The DARE stream: key = XXH3_64(canonical name, seed); kₜ = splitmix64(key + t); r = splitmix64(kₜ + ⌊j/2⌋);
-element j draws r's low 32 bits (j even) or high 32 bits (j odd) and is kept iff draw < ⌈density·2³²⌉
-(all mod 2⁶⁴).
+The DARE stream: kₜ = splitmix64(XXH3_64(canonical name, seed) + t) (mod 2⁶⁴), k₀ and k₁ its low and high
+32 bits; element j draws h = mix32((j mod 2³²) ⊕ k₀ ⊕ ⌊j/2³²⌋·0x9E3779B9) ⊕ k₁ (mod 2³²), mix32(x):
+x ^= x >> 16; x *= 0x21F0AAAD; x ^= x >> 15; x *= 0x735A2D97; x ^= x >> 15, and is kept iff h < ⌈density·2³²⌉.
 Gradient parameters: numpy.interp(t, linspace(0, 1, len), values), t = i/(L−1) for block i (1 for a
 single block), 0 for the embeddings and the final layers (mergekit plans both at t = 0).
 
@@ -43,14 +43,26 @@ def splitmix64(x):
         return z ^ (z >> np.uint64(31))
 
 
-def dare_mask(name, seed, t, n, density):
+def mix32(x):
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x21F0AAAD)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x735A2D97)
+        return x ^ (x >> np.uint32(15))
+
+
+def dare_mask(name, seed, t, n, density, start=0):
+    """The keep mask (1.0 or 0.0) of elements start ..< start + n."""
     key = np.uint64(xxhash.xxh3_64_intdigest(name.encode(), seed=seed))
     with np.errstate(over="ignore"):
-        k = splitmix64(np.array([key + np.uint64(t)], dtype=np.uint64))[0]
-        j = np.arange(n, dtype=np.uint64)
-        r = splitmix64(k + (j >> np.uint64(1)))
-    draw = np.where(j % np.uint64(2) == 0, r & np.uint64(0xFFFFFFFF), r >> np.uint64(32))
-    return (draw < np.uint64(np.ceil(density * 2.0 ** 32))).astype(np.float32)
+        k = int(splitmix64(np.array([key + np.uint64(t)], dtype=np.uint64))[0])
+    k0, k1 = np.uint32(k & 0xFFFFFFFF), np.uint32(k >> 32)
+    j = np.arange(start, start + n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        salt = k0 ^ ((j >> np.uint64(32)).astype(np.uint32) * np.uint32(0x9E3779B9))
+        draw = mix32((j & np.uint64(0xFFFFFFFF)).astype(np.uint32) ^ salt) ^ k1
+    return (draw.astype(np.uint64) < np.uint64(np.ceil(density * 2.0 ** 32))).astype(np.float32)
 
 
 def bf16_bits(x):
