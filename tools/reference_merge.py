@@ -13,8 +13,9 @@ All per-element math is float32 in a fixed order (below), so a bf16 output can b
   dare_*           mask mᵢ from the counter-based stream; τ̃ᵢ = (τᵢ·mᵢ)/densityᵢ; then task arithmetic
                    (dare_linear) or the TIES sign election without trimming (dare_ties)
 The DARE stream: kₜ = splitmix64(XXH3_64(canonical name, seed) + t) (mod 2⁶⁴), k₀ and k₁ its low and high
-32 bits; element j draws h = mix32((j mod 2³²) ⊕ k₀ ⊕ ⌊j/2³²⌋·0x9E3779B9) ⊕ k₁ (mod 2³²), mix32(x):
-x ^= x >> 16; x *= 0x21F0AAAD; x ^= x >> 15; x *= 0x735A2D97; x ^= x >> 15, and is kept iff h < ⌈density·2³²⌉.
+32 bits; element j draws h = mix32((j mod 2³²) ⊕ k₀ ⊕ ⌊j/2³²⌋·0x9E3779B9) ⊕ k₁ (mod 2³²), mix32(x) (triple32):
+x ^= x >> 17; x *= 0xED5AD4BB; x ^= x >> 11; x *= 0xAC4C1B51; x ^= x >> 15; x *= 0x31848BAB; x ^= x >> 14,
+and is kept iff h < ⌈density·2³²⌉.
 Gradient parameters: numpy.interp(t, linspace(0, 1, len), values), t = i/(L−1) for block i (1 for a
 single block), 0 for the embeddings and the final layers (mergekit plans both at t = 0).
 
@@ -45,11 +46,13 @@ def splitmix64(x):
 
 def mix32(x):
     with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint32(16))
-        x = x * np.uint32(0x21F0AAAD)
+        x = x ^ (x >> np.uint32(17))
+        x = x * np.uint32(0xED5AD4BB)
+        x = x ^ (x >> np.uint32(11))
+        x = x * np.uint32(0xAC4C1B51)
         x = x ^ (x >> np.uint32(15))
-        x = x * np.uint32(0x735A2D97)
-        return x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x31848BAB)
+        return x ^ (x >> np.uint32(14))
 
 
 def dare_mask(name, seed, t, n, density, start=0):
