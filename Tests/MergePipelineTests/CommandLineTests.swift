@@ -46,6 +46,27 @@ struct CommandLineTests {
         }
     }
 
+    @Test("Tensors of many chunks: --threads 1, 2 and 5 give byte-identical outputs whose input hashes verify")
+    func reproducibleAcrossWindows() throws {
+        // Width 1024: tensors of 16 and 32 chunks, so workers reload their input slots within a window
+        // and hash chunks in order as runs of them finish, with rings of 2, 4 and 10 chunks.
+        let family = try TestFamily(blocks: 1, width: 1024, dtype: .bf16, extraHead: false)
+        defer { family.remove() }
+        for method in ["task_arithmetic", "ties", "dare_ties"] {
+            var outputs: [[String: Data]] = []
+            for threads in ["1", "2", "5"] {
+                let out = family.directory + "/\(method)-\(threads)"
+                let result = try runStreammerge(["merge", try family.config(method), "--out", out, "--threads", threads])
+                #expect(result.status == 0, "\(result.stderr)")
+                let verify = try runStreammerge(["verify", out, "--inputs"])
+                #expect(verify.status == 0, "\(method), \(threads) threads: \(verify.stderr)")
+                outputs.append(try outputFiles(out))
+            }
+            #expect(outputs[0] == outputs[1], "\(method)")
+            #expect(outputs[1] == outputs[2], "\(method)")
+        }
+    }
+
     @Test("TIES on tensors large enough for sampled bands equals the histogram select over the same inputs")
     func tiesSampledBandsThroughFiles() throws {
         // Width 1024: up_proj holds 2²¹ elements (32 chunks), so the merge counts its thresholds in bands
