@@ -30,9 +30,9 @@ public func mix32(_ value: UInt32) -> UInt32 {
 ///
 /// key = splitmix64(XXH3-64(name, seed) + t), k₀ and k₁ its low and high 32 bits; element j draws
 /// h = mix32((j mod 2³²) ⊕ k₀ ⊕ ⌊j/2³²⌋·0x9E3779B9) ⊕ k₁ (32-bit arithmetic) and is kept iff
-/// h < ⌈density·2³²⌉ (`mix32`). A 32-bit mix per element, eight to a vector: the stream is most of DARE's cost,
-/// and the 64-bit splitmix64 per two elements it replaced needed three 32-bit multiplies for each of
-/// its two 64-bit ones on AVX2 (DARE-TIES spent 42 % of its CPU time there).
+/// h < ⌈density·2³²⌉. A 32-bit mix per element, eight to a vector: the stream is most of DARE's
+/// cost, and the 64-bit splitmix64 per two elements it replaced needed three 32-bit multiplies for
+/// each of its two 64-bit ones on AVX2 (DARE-TIES spent 42 % of its CPU time there).
 /// `tools/reference_merge.py` implements the same stream.
 public struct DropoutStream: Sendable {
     public let key: UInt64

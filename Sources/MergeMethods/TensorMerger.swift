@@ -426,6 +426,7 @@ public final class TensorMerger: @unchecked Sendable {
             if let ring, slot >= ring { observed.waitUntilDone(slot - ring) }
             self.load(self.elements(ofChunk: first + slot))
         }
+        let observeChunk = { (slot: Int) in observed.finish(slot) { self.observeRead(self.elements(ofChunk: first + $0), 1) } }
         if let tiesBeforeChunk {
             let none = [Bool](repeating: false, count: modelCount)
             forEachChunk(count, threads: threads) { worker, slot in
@@ -434,7 +435,7 @@ public final class TensorMerger: @unchecked Sendable {
                 _ = mergeChunk(chunk, workspaces[worker], ties: tiesBeforeChunk.map { $0[chunk]..<$0[chunk + 1] }, counting: none) {
                     offset, values, n in emit(slot, offset, values, n)
                 }
-                observed.finish(slot) { observeRead(elements(ofChunk: first + $0), 1) }
+                observeChunk(slot)
             }
             nextChunk += count
             return
@@ -450,7 +451,7 @@ public final class TensorMerger: @unchecked Sendable {
                 offset, values, n in emit(slot, offset, values, n)
             }
             progress.withLock { $0.finish(slot, counting: counting, counts: counts) }
-            observed.finish(slot) { observeRead(elements(ofChunk: first + $0), 1) }
+            observeChunk(slot)
         }
         let (counting, counts) = progress.withLock { ($0.counting, $0.counts) }
         // Exact numbering of every chunk's ties, and the chunks whose guess was wrong.

@@ -57,10 +57,9 @@ final class InputWindow: @unchecked Sendable {
     /// workers; a failure is kept for `rethrow()`.
     func load(_ elements: Range<Int>) {
         for (index, (file, info)) in sources.enumerated() {
-            let size = info.dtype.size
             let range = file.fileRange(of: info, elements: elements)
             do {
-                guard try sourceReaders[index].read(into: buffers[index] + (elements.lowerBound % ring) * size,
+                guard try sourceReaders[index].read(into: address(index, elements),
                                                     count: range.count, at: range.lowerBound) else {
                     throw MergeError.io(path: file.path, detail: "tensor '\(info.name)' ends past the end of the file")
                 }
@@ -73,21 +72,24 @@ final class InputWindow: @unchecked Sendable {
     /// Converts elements `elements` of input `index` (loaded before) to f32 into `destination`.
     func readFloats(_ index: Int, elements: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
         let dtype = dtypes[index]
-        convertToFloat(destination, from: buffers[index] + (elements.lowerBound % ring) * dtype.size,
-                       dtype: dtype, count: elements.count)
+        convertToFloat(destination, from: address(index, elements), dtype: dtype, count: elements.count)
     }
 
     /// The loaded bits of elements `elements` of input `index` when it is bf16 (loops widen them as they
     /// use them), else nil.
     func bfloat16Bits(_ index: Int, elements: Range<Int>) -> UnsafePointer<UInt16>? {
         guard dtypes[index] == .bf16 else { return nil }
-        return UnsafePointer((buffers[index] + (elements.lowerBound % ring) * 2).assumingMemoryBound(to: UInt16.self))
+        return UnsafePointer(address(index, elements).assumingMemoryBound(to: UInt16.self))
     }
 
     /// The loaded bytes of elements `elements` (within one window) of input `index`.
     func bytes(_ index: Int, elements: Range<Int>) -> UnsafeRawBufferPointer {
-        let size = dtypes[index].size
-        return UnsafeRawBufferPointer(start: buffers[index] + (elements.lowerBound % ring) * size, count: elements.count * size)
+        UnsafeRawBufferPointer(start: address(index, elements), count: elements.count * dtypes[index].size)
+    }
+
+    /// Where element `elements.lowerBound` of input `index` sits in its buffer.
+    private func address(_ index: Int, _ elements: Range<Int>) -> UnsafeMutableRawPointer {
+        buffers[index] + (elements.lowerBound % ring) * dtypes[index].size
     }
 
     /// Throws the first read failure.

@@ -233,14 +233,15 @@ private func mergeTensor(
     }
 
     try inputs.begin(sources)
-    let hasBase = tensor.baseName != nil
+    // The merger's model nil is the base, input 0 when there is one; fine-tune i is input i + baseInputs.
+    let baseInputs = tensor.baseName != nil ? 1 : 0
     let read: ChunkReader = { model, elements, destination in
-        inputs.readFloats((model ?? -1) + (hasBase ? 1 : 0), elements: elements, into: destination)
+        inputs.readFloats((model ?? -1) + baseInputs, elements: elements, into: destination)
     }
     let merger = TensorMerger(
         method: plan.config.method, parameters: parameters, elementCount: tensor.elementCount,
         canonicalName: tensor.canonicalName, seed: plan.config.seed, chunkSize: plan.chunkSize, read: read,
-        readBFloat16: { model, elements in inputs.bfloat16Bits((model ?? -1) + (hasBase ? 1 : 0), elements: elements) },
+        readBFloat16: { model, elements in inputs.bfloat16Bits((model ?? -1) + baseInputs, elements: elements) },
         load: { elements in inputs.load(elements) }, holdChunks: { chunks in inputs.ring = chunks.map { $0 * plan.chunkSize } ?? inputs.capacity },
         observeRead: { elements, threads in
             inputHashes.advance(sources, elements: elements, threads: threads) { inputs.bytes($0, elements: elements) }
