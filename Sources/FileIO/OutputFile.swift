@@ -3,58 +3,50 @@ import Glibc
 
 /// A file being written. Bytes go to `<path>.partial`; `commit()` fsyncs and renames it to `path`, so
 /// a file under its final name is always complete. A crashed run leaves only `.partial` files behind,
-/// which `open(resumingAt:)` can continue.
+/// which `open(resumingAt:)` can continue. Every byte `write` took is in the file (in the page cache at
+/// least), so a killed process loses none of them.
 ///
-/// Written `bypassingCache`, the bytes go to the device with `O_DIRECT` (see `DirectWrites`) where
-/// the file system allows it; `flush()` then puts staged bytes into the file.
+/// Written `syncingBehind`, a background thread makes the bytes durable every few MiB and drops them
+/// from the page cache (see `BackgroundSync`).
 public final class OutputFile {
     public let path: String
     public let temporaryPath: String
     private var fd: Int32
-    private let direct: DirectWrites?
+    private let sync: BackgroundSync?
     public private(set) var position: Int
-    /// Bytes before this offset have been handed to writeback.
-    private var writebackStart = 0
+    /// Bytes between background syncs (see `BackgroundSync` for the measurements behind it).
+    public static let defaultSyncInterval = 32 << 20
 
-    /// Creates (truncating) `path + ".partial"`.
-    public init(path: String, bypassingCache: Bool = false) throws(SystemError) {
+    /// Creates (truncating) `path + ".partial"`; `syncingBehind` every `syncInterval` bytes.
+    public init(path: String, syncingBehind: Bool = false, syncInterval: Int = OutputFile.defaultSyncInterval) throws(SystemError) {
         self.path = path
         temporaryPath = path + ".partial"
         fd = try Syscalls.open(temporaryPath, O_RDWR | O_CREAT | O_TRUNC)
         position = 0
-        direct = bypassingCache ? try DirectWrites(path: temporaryPath, at: 0, buffered: fd) : nil
+        sync = syncingBehind ? BackgroundSync(fd: fd, path: temporaryPath, from: 0, interval: syncInterval) : nil
     }
 
     /// Reopens an existing `.partial` file, truncated to `offset` bytes, to continue writing after a crash.
-    public init(path: String, resumingAt offset: Int, bypassingCache: Bool = false) throws(SystemError) {
+    public init(path: String, resumingAt offset: Int, syncingBehind: Bool = false,
+                syncInterval: Int = OutputFile.defaultSyncInterval) throws(SystemError) {
         self.path = path
         temporaryPath = path + ".partial"
         fd = try Syscalls.open(temporaryPath, O_RDWR)
         try Syscalls.ftruncate(fd, offset, path: temporaryPath)
         try Syscalls.lseek(fd, offset, path: temporaryPath)
         position = offset
-        writebackStart = offset
-        direct = bypassingCache ? try DirectWrites(path: temporaryPath, at: offset, buffered: fd) : nil
+        sync = syncingBehind ? BackgroundSync(fd: fd, path: temporaryPath, from: offset, interval: syncInterval) : nil
     }
 
     deinit {
-        if fd >= 0 { Syscalls.close(fd) }
+        guard fd >= 0 else { return }
+        // A sync still running uses the descriptor; its error no longer matters to anyone.
+        try? sync?.finish()
+        Syscalls.close(fd)
     }
 
-    /// Memory a file written `bypassingCache` holds for staging, for estimates.
-    public static let directStagingBytes = DirectWrites.stagingSize
-
-    /// Whether bytes go to the device directly (`bypassingCache` was asked for and the file system and
-    /// device allow it).
-    public var isDirect: Bool { direct?.isDirect ?? false }
-
-    /// Writes all of `bytes` (direct: stages them, writing whole staging buffers).
+    /// Writes all of `bytes`; throws a failed background sync's error too.
     public func write(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
-        if let direct {
-            try direct.write(bytes)
-            position += bytes.count
-            return
-        }
         guard var next = bytes.baseAddress else { return }
         var remaining = bytes.count
         while remaining > 0 {
@@ -63,24 +55,16 @@ public final class OutputFile {
             remaining -= written
         }
         position += bytes.count
-    }
-
-    /// Makes every byte written so far part of the file (a killed process loses none of them), and
-    /// starts writing cached ones to disk without waiting, so that the final fsync finds little left
-    /// to do instead of the whole file.
-    public func flush() throws(SystemError) {
-        if let direct { try direct.flush() }
-        guard position > writebackStart else { return }
-        Syscalls.startWriteback(fd, writebackStart, position - writebackStart)
-        writebackStart = position
+        try sync?.wrote(upTo: position)
     }
 
     /// Fsyncs, closes and renames the file to its final name, then fsyncs the directory so the rename
     /// survives a crash. Without `durable` it only closes and renames: the file is complete under its
     /// final name or absent, but a power loss may take it back to an earlier version.
     public func commit(durable: Bool = true) throws(SystemError) {
-        try direct?.flush()
+        try sync?.finish()
         if durable { try Syscalls.fsync(fd, path: temporaryPath) }
+        if durable && sync != nil { Syscalls.dropCached(fd, 0..<position) }
         Syscalls.close(fd)
         fd = -1
         try Syscalls.rename(temporaryPath, path)

@@ -13,14 +13,6 @@ func retrying<T: BinaryInteger>(_ call: String, _ path: String, _ body: () -> T)
     }
 }
 
-/// `O_DIRECT`, which Glibc's Swift module leaves out (it is behind `_GNU_SOURCE`); the values are
-/// the kernel's, per architecture (asm-generic/fcntl.h, and arm64's own).
-#if arch(arm64)
-let O_DIRECT: Int32 = 0o200000
-#else
-let O_DIRECT: Int32 = 0o40000
-#endif
-
 enum Syscalls {
     static func open(_ path: String, _ flags: Int32, _ mode: mode_t = 0o644) throws(SystemError) -> Int32 {
         try retrying("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
@@ -67,11 +59,14 @@ enum Syscalls {
         _ = try retrying("fsync", path) { Glibc.fsync(fd) }
     }
 
-    /// Starts writeback of a range without waiting for it: on Linux `POSIX_FADV_DONTNEED` queues the
-    /// range's dirty pages for writing (and drops its clean ones, which we will not read again).
-    /// A hint: failure is ignored, the final fsync still makes the data durable.
-    static func startWriteback(_ fd: Int32, _ offset: Int, _ count: Int) {
-        _ = Glibc.posix_fadvise(fd, off_t(offset), off_t(count), POSIX_FADV_DONTNEED)
+    static func fdatasync(_ fd: Int32, path: String) throws(SystemError) {
+        _ = try retrying("fdatasync", path) { Glibc.fdatasync(fd) }
+    }
+
+    /// Drops the clean cached pages of `range` (whole pages inside it), which we will not read again.
+    /// A hint: failure is ignored.
+    static func dropCached(_ fd: Int32, _ range: Range<Int>) {
+        _ = Glibc.posix_fadvise(fd, off_t(range.lowerBound), off_t(range.count), POSIX_FADV_DONTNEED)
     }
 
     static func ftruncate(_ fd: Int32, _ size: Int, path: String) throws(SystemError) {

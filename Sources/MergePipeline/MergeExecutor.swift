@@ -92,7 +92,6 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
                 try pipeline.drain()
                 finishedShards.append(try writer.commit())
                 try writer.open(shard: shardIndex, resumingAt: nil, expectedPrefixHash: "")
-                try writer.flush()
                 journal = Journal(
                     config_xxh3_128: configHash, inputs: inputs, tensors_done: index, shard: shardIndex,
                     shard_position: writer.position, shard_prefix_xxh3_128: writer.prefixHash(),
@@ -115,7 +114,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         // Page faults map neighbouring pages too ("fault-around"), including pages of tensors released
         // earlier; dropping every page of each input after each layer keeps them from piling up.
         for file in plan.inputFiles { file.mapping.releaseAll() }
-        // No fsync of the shard here: after a killed process every flushed byte is in the file (on the
+        // No fsync of the shard here: after a killed process every written byte is in the file (on the
         // device or in the page cache), and after a power loss the resume re-hashes the partial shard
         // against the journal's prefix hash and refuses rather than continue from bytes that never
         // reached the disk.
@@ -128,7 +127,6 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
         }
         if let distiller {
             try pipeline.drain()
-            try writer.flush()
             try distiller.layerWritten(layer.key)
             journal = layerJournal()
             try journalWriter.save(journal)
@@ -140,7 +138,6 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
             // The journal is written behind the layer's last write, while the next layer merges.
             let progress = options.progress, layers = plan.layers.count
             pipeline.run {
-                try writer.flush()
                 try journalWriter.save(layerJournal())
                 progress?(layerNumber + 1, layers, writer.totalWritten)
             }

@@ -218,8 +218,9 @@ public struct MergePlan: @unchecked Sendable {
 
     /// Peak memory the data-free executor needs with `threads` workers: per worker its block scratch and
     /// `outputWindows` windows of converted output (being written while the next is merged), TIES's threshold selection,
-    /// one window of every input's bytes, the shard's direct-write staging buffer, and what the process
-    /// itself holds.
+    /// one window of every input's bytes, and what the process itself holds. (The shard's bytes wait in
+    /// the page cache, not in the process, until their background sync drops them: at most two sync
+    /// intervals, 64 MiB.)
     public func estimatedPeakBytes(threads: Int) -> Int {
         let perWorker = MergeWorkspace.byteCount(modelCount: models.count) + Self.outputWindows * Self.windowChunks(workers: 1) * chunkSize * widestOutputElement
         let largest = tensors.map(\.elementCount).max() ?? 0
@@ -227,7 +228,7 @@ public struct MergePlan: @unchecked Sendable {
             ? TensorMerger.thresholdSelectionBytes(modelCount: models.count, threads: threads, elementCount: largest, chunkSize: chunkSize) : 0
         let inputWindow = (models.count + 1) * Self.windowChunks(workers: threads) * chunkSize * widestInputElement
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
-        return Self.processBaseline + threads * perWorker + histograms + inputWindow + headerBytes + OutputFile.directStagingBytes
+        return Self.processBaseline + threads * perWorker + histograms + inputWindow + headerBytes
             + distillPeakBytes(threads: threads)
     }
 

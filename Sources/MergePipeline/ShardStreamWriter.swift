@@ -26,7 +26,7 @@ final class ShardStreamWriter {
         shardIndex = index
         hasher = XXH3Hasher(.bits128)
         guard let offset else {
-            file = try OutputFile(path: path, bypassingCache: true)
+            file = try OutputFile(path: path, syncingBehind: true)
             try plan.shards[index].layout.headerBytes.withUnsafeBytes { try write($0) }
             return
         }
@@ -43,7 +43,7 @@ final class ShardStreamWriter {
         guard remaining == 0, hasher.hexDigest() == expectedPrefixHash else {
             throw MergeError.resume(path: path + ".partial", detail: "the partial shard does not match the journal")
         }
-        file = try OutputFile(path: path, resumingAt: offset, bypassingCache: true)
+        file = try OutputFile(path: path, resumingAt: offset, syncingBehind: true)
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
@@ -53,9 +53,6 @@ final class ShardStreamWriter {
     }
 
     func prefixHash() -> String { hasher.hexDigest() }
-
-    /// Puts every byte written so far into the file, before a journal records the position.
-    func flush() throws { try file?.flush() }
 
     /// Completes the current shard: fsync, rename, and its manifest record.
     func commit() throws -> Manifest.FileRecord {

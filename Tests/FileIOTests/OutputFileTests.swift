@@ -1,4 +1,4 @@
-// OutputFileTests: bytes written through the cache and around it (O_DIRECT) land in the file exactly, flushes and resumes included.
+// OutputFileTests: bytes land in the file exactly and at once, with background syncs, resumes and a failing sync.
 @testable import FileIO
 import Foundation
 import Glibc
@@ -6,7 +6,7 @@ import Testing
 
 @Suite("Output files")
 struct OutputFileTests {
-    /// Pieces of awkward sizes: single bytes, around the 4 KiB alignment, and larger than the 4 MiB staging buffer.
+    /// Pieces of awkward sizes: single bytes, around 4 KiB pages, and larger than the syncs' intervals.
     static let pieceSizes = [1, 4095, 4097, 3, 5 << 20, 8192, 17, 4 << 20, 123_457]
 
     /// Bytes from a 64-bit LCG's high bits: no short period, so a byte staged at the wrong offset shows.
@@ -26,21 +26,18 @@ struct OutputFileTests {
         return directory + "/" + name
     }
 
-    @Test("Every byte lands in order, with flushes between pieces, through the cache and around it", arguments: [false, true])
-    func writesInOrder(bypassingCache: Bool) throws {
+    @Test("Every byte lands in order and is in the file as soon as written, with and without background syncs",
+          arguments: [nil, 10_000])
+    func writesInOrder(syncInterval: Int?) throws {
         let path = try scratchPath("out.bin")
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
-        let file = try OutputFile(path: path, bypassingCache: bypassingCache)
-        #expect(file.isDirect == bypassingCache, "this machine kind's temporary directory supports O_DIRECT")
+        let file = try OutputFile(path: path, syncingBehind: syncInterval != nil, syncInterval: syncInterval ?? 1)
         var expected: [UInt8] = []
-        for (index, piece) in pieces(seed: 1).enumerated() {
+        for piece in pieces(seed: 1) {
             try piece.withUnsafeBytes { try file.write($0) }
             expected += piece
-            if index % 3 == 1 {
-                try file.flush()
-                // After a flush every byte is in the file, under the temporary name.
-                #expect(try Data(contentsOf: URL(fileURLWithPath: file.temporaryPath)) == Data(expected))
-            }
+            // Under the temporary name, and whatever the syncs dropped from the cache reads back.
+            #expect(try Data(contentsOf: URL(fileURLWithPath: file.temporaryPath)) == Data(expected))
         }
         #expect(file.position == expected.count)
         try file.commit()
@@ -48,7 +45,7 @@ struct OutputFileTests {
         #expect(!FileManager.default.fileExists(atPath: file.temporaryPath))
     }
 
-    @Test("A file abandoned after a flush resumes at an unaligned offset and ends with the same bytes")
+    @Test("A file abandoned part-way resumes at an unaligned offset and ends with the same bytes")
     func resumesAtUnalignedOffset() throws {
         let path = try scratchPath("out.bin")
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
@@ -56,18 +53,17 @@ struct OutputFileTests {
         var expected: [UInt8] = []
         var offset = 0
         do {
-            let file = try OutputFile(path: path, bypassingCache: true)
+            let file = try OutputFile(path: path, syncingBehind: true, syncInterval: 10_000)
             for piece in all[0..<4] {
                 try piece.withUnsafeBytes { try file.write($0) }
                 expected += piece
             }
-            try file.flush()
             offset = file.position
-            // Bytes written after the flush are lost with the process; the resume truncates them.
+            // Bytes written after the position a journal would record; the resume truncates them.
             try all[4].withUnsafeBytes { try file.write(UnsafeRawBufferPointer(rebasing: $0[0..<10_000])) }
         }
         #expect(offset % 4096 != 0)
-        let resumed = try OutputFile(path: path, resumingAt: offset, bypassingCache: true)
+        let resumed = try OutputFile(path: path, resumingAt: offset, syncingBehind: true, syncInterval: 10_000)
         for piece in all[4...] {
             try piece.withUnsafeBytes { try resumed.write($0) }
             expected += piece
@@ -76,23 +72,20 @@ struct OutputFileTests {
         #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(expected))
     }
 
-    @Test("A device that refuses a direct write's alignment gets the rest of the file through the cache")
-    func fallsBackOnRefusedAlignment() throws {
+    @Test("A background sync that fails makes the commit fail, naming the call and the file")
+    func backgroundSyncFailureSurfaces() throws {
         let path = try scratchPath("out.bin")
         defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
-        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC, 0o644)
-        #expect(fd >= 0)
-        defer { Glibc.close(fd) }
-        // 256-byte alignment: the full staging buffer (4 MiB at offset 0) suits the 512-byte blocks of
-        // this machine's disk; the 768 bytes flushed after it do not, and the kernel says EINVAL.
-        let direct = try #require(try DirectWrites(path: path, at: 0, buffered: fd, alignment: 256))
-        let all = pieces(seed: 3)
-        let bytes = Array((all[4] + all[3] + all[2]).prefix(DirectWrites.stagingSize + 768 + 100))
-        try bytes.withUnsafeBytes { try direct.write(UnsafeRawBufferPointer(rebasing: $0[0..<DirectWrites.stagingSize])) }
-        #expect(direct.isDirect, "whole 4 MiB at offset 0 goes direct")
-        try bytes.withUnsafeBytes { try direct.write(UnsafeRawBufferPointer(rebasing: $0[DirectWrites.stagingSize...])) }
-        try direct.flush()
-        #expect(!direct.isDirect, "a 768-byte direct write is refused on 512-byte blocks")
-        #expect(try Data(contentsOf: URL(fileURLWithPath: path)) == Data(bytes))
+        // A FIFO under the temporary name takes writes (into its buffer) but refuses fdatasync (EINVAL).
+        #expect(mkfifo(path + ".partial", 0o644) == 0)
+        let file = try OutputFile(path: path, syncingBehind: true, syncInterval: 100)
+        try [UInt8](repeating: 7, count: 200).withUnsafeBytes { try file.write($0) }
+        #expect {
+            try file.commit()
+        } throws: { error in
+            guard let error = error as? SystemError else { return false }
+            return error.call == "fdatasync" && error.path == file.temporaryPath && error.errno == EINVAL
+        }
+        #expect(!FileManager.default.fileExists(atPath: path), "nothing under the final name")
     }
 }
