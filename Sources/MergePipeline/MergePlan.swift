@@ -62,7 +62,7 @@ public struct MergePlan: @unchecked Sendable {
     public static func windowChunks(workers: Int) -> Int { 8 * workers }
 
     /// Windows of converted output in flight: one being merged and up to three queued for the writer,
-    /// so that a direct write waiting on the device (a few ms now and then) does not stall the workers.
+    /// so that a write held up now and then (a page-cache allocation, a busy core) does not stall the workers.
     public static let outputWindows = 4
 
     /// Opens every input (headers only: tensor data is mapped, not read) and plans the merge.
