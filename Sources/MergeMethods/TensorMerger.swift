@@ -176,8 +176,11 @@ public final class TensorMerger: @unchecked Sendable {
 
     // MARK: - Preparation passes
 
-    /// Whether `prepare` has whole-tensor passes to run.
-    var needsPreparation: Bool {
+    /// Whether `prepare` has whole-tensor passes to run: the inputs are read at least twice.
+    public var needsPreparation: Bool { Self.needsPreparation(method, parameters) }
+
+    /// Whether a tensor merged by `method` with `parameters` has whole-tensor passes before the merge.
+    public static func needsPreparation(_ method: MergeMethod, _ parameters: TensorMergeParameters) -> Bool {
         switch method.sparsification {
         case .magnitude: parameters.densities.contains { $0 < 1 }
         case .random: parameters.rescale == .l1 && parameters.densities.contains { $0 < 1 }

@@ -8,9 +8,13 @@ import SafetensorsFormat
 /// converts from there while they are in cache; the window's bytes are then hashed in file order
 /// before the next window reuses the buffers.
 ///
-/// Reading through the mapping instead cost a page fault per 64 KiB, an `madvise` and a TLB
-/// shootdown per release span, and conversion loops stalled on memory at every scattered 4 KiB page:
-/// together more CPU than the kernel's copy (which streams pages at memory speed).
+/// A tensor read twice (TIES's thresholds, DARE's L1 norms, then the merge) whose inputs fit
+/// `mappedTensorBytes` is read through the mapping instead: its pages are mapped by the first pass's
+/// faults and read again by the merge at no cost, then released window by window. On session 10's host
+/// that took TIES from 10.4 to 9.0 core-s (the kernel's copies were 3 of them). A tensor read once stays
+/// with `pread`: on session 6's host a page fault per 64 KiB, an `madvise` and a TLB shootdown per
+/// release span, and conversion loops stalled on memory at every scattered 4 KiB page cost more CPU
+/// than the kernel's copy (which streams pages at memory speed) — but less than two copies.
 ///
 /// Windows are aligned: element e of a tensor lives at e mod `ring` (a window, unless a pass asks
 /// for fewer) in its input's buffer.
@@ -28,6 +32,9 @@ final class InputWindow: @unchecked Sendable {
     private var sourceReaders: [PositionalReader] = []
     /// The inputs' dtypes, apart from `sources` so that per-block reads copy no `TensorInfo`.
     private var dtypes: [DType] = []
+    /// Whether the current tensor is read through the mapping, and where its inputs' data start there.
+    private(set) var mapped = false
+    private var mappedData: [UnsafeRawPointer] = []
     private let lock = NSLock()
     private var failure: Error?
 
@@ -40,11 +47,14 @@ final class InputWindow: @unchecked Sendable {
 
     deinit { buffers.forEach { $0.deallocate() } }
 
-    /// Starts a tensor whose inputs are `sources` (the base's first, when there is one).
-    func begin(_ sources: [(SafetensorsFile, TensorInfo)]) throws {
+    /// Starts a tensor whose inputs are `sources` (the base's first, when there is one), read through
+    /// the mapping when `mapped`.
+    func begin(_ sources: [(SafetensorsFile, TensorInfo)], mapped: Bool) throws {
         precondition(sources.count <= buffers.count)
         self.sources = sources
         dtypes = sources.map(\.1.dtype)
+        self.mapped = mapped
+        mappedData = mapped ? sources.map { $0.0.dataAddress(of: $0.1) } : []
         sourceReaders = try sources.map { file, _ in
             if let reader = readers[file.path] { return reader }
             let reader = try PositionalReader(path: file.path)
@@ -53,13 +63,14 @@ final class InputWindow: @unchecked Sendable {
         }
     }
 
-    /// Reads elements `elements` (within one window) of every input into the buffers. Called by
-    /// workers; a failure is kept for `rethrow()`.
+    /// Reads elements `elements` (within one window) of every input into the buffers (nothing to do for
+    /// a mapped tensor). Called by workers; a failure is kept for `rethrow()`.
     func load(_ elements: Range<Int>) {
+        guard !mapped else { return }
         for (index, (file, info)) in sources.enumerated() {
             let range = file.fileRange(of: info, elements: elements)
             do {
-                guard try sourceReaders[index].read(into: address(index, elements),
+                guard try sourceReaders[index].read(into: UnsafeMutableRawPointer(mutating: address(index, elements)),
                                                     count: range.count, at: range.lowerBound) else {
                     throw MergeError.io(path: file.path, detail: "tensor '\(info.name)' ends past the end of the file")
                 }
@@ -67,6 +78,13 @@ final class InputWindow: @unchecked Sendable {
                 lock.withLock { if failure == nil { failure = error } }
             }
         }
+    }
+
+    /// Drops the mapped pages of elements `elements` of every input, which the merge is done with (a
+    /// mapped tensor's window, once merged and hashed). Pages shared with the next window stay.
+    func release(_ elements: Range<Int>) {
+        guard mapped else { return }
+        for (file, info) in sources { file.mapping.release(file.fileRange(of: info, elements: elements)) }
     }
 
     /// Converts elements `elements` of input `index` (loaded before) to f32 into `destination`.
@@ -87,9 +105,10 @@ final class InputWindow: @unchecked Sendable {
         UnsafeRawBufferPointer(start: address(index, elements), count: elements.count * dtypes[index].size)
     }
 
-    /// Where element `elements.lowerBound` of input `index` sits in its buffer.
-    private func address(_ index: Int, _ elements: Range<Int>) -> UnsafeMutableRawPointer {
-        buffers[index] + (elements.lowerBound % ring) * dtypes[index].size
+    /// Where element `elements.lowerBound` of input `index` sits in its buffer, or in the mapping.
+    private func address(_ index: Int, _ elements: Range<Int>) -> UnsafeRawPointer {
+        if mapped { return mappedData[index] + elements.lowerBound * dtypes[index].size }
+        return UnsafeRawPointer(buffers[index] + (elements.lowerBound % ring) * dtypes[index].size)
     }
 
     /// Throws the first read failure.

@@ -22,6 +22,9 @@ public struct MergeOptions: Sendable {
     public var trainingProgress: TrainingProgress? = nil
     /// Where data-driven methods keep their activation cache (default: inside the output's `.streammerge`).
     public var scratchDirectory: String? = nil
+    /// Largest tensor (its inputs' bytes together) read through the mapping when a method reads it
+    /// twice (see `InputWindow`); its pages stay mapped between the two passes.
+    public var mappedTensorBytes = MergePlan.defaultMappedTensorBytes
 
     public init(outputDirectory: String, threads: Int, resume: Bool = false, force: Bool = false) {
         self.outputDirectory = outputDirectory
@@ -102,7 +105,7 @@ public func executeMerge(_ plan: MergePlan, options: MergeOptions) throws -> Man
                 try writeTrainedTensor(values, tensor, plan: plan, pipeline: pipeline, bytes: bytesOut[0])
             } else {
                 try mergeTensor(tensor, plan: plan, pipeline: pipeline, workers: workers, workspaces: workspaces, bytesOut: bytesOut,
-                                inputs: inputWindow, inputHashes: inputHashes)
+                                inputs: inputWindow, inputHashes: inputHashes, mappedTensorBytes: options.mappedTensorBytes)
             }
             // The tensor's hash is final once the pipeline has written it.
             let fileName = plan.shards[shardIndex].fileName
@@ -207,7 +210,8 @@ private func inputIdentities(_ plan: MergePlan) throws -> [Journal.InputIdentity
 /// hasher, complete once the pipeline has written the tensor.
 private func mergeTensor(
     _ tensor: PlannedTensor, plan: MergePlan, pipeline: WritePipeline, workers: Int,
-    workspaces: [MergeWorkspace], bytesOut: [UnsafeMutableRawPointer], inputs: InputWindow, inputHashes: InputHashes
+    workspaces: [MergeWorkspace], bytesOut: [UnsafeMutableRawPointer], inputs: InputWindow, inputHashes: InputHashes,
+    mappedTensorBytes: Int
 ) throws -> XXH3Hasher {
     let hasher = XXH3Hasher(.bits64)
     let sources: [(SafetensorsFile, TensorInfo)] =
@@ -229,7 +233,6 @@ private func mergeTensor(
         return hasher
     }
 
-    try inputs.begin(sources)
     // The merger's model nil is the base, input 0 when there is one; fine-tune i is input i + baseInputs.
     let baseInputs = tensor.baseName != nil ? 1 : 0
     let read: ChunkReader = { model, elements, destination in
@@ -246,6 +249,7 @@ private func mergeTensor(
     let window = bytesOut.count / MergePlan.outputWindows
     let outputSize = tensor.outputDType.size
 
+    try inputs.begin(sources, mapped: plan.readsThroughMapping(tensor, mappedTensorBytes: mappedTensorBytes))
     merger.prepare(threads: workers, workspaces: workspaces, window: window)
     try inputs.rethrow()
     // `MergePlan.outputWindows` sets of output buffers: workers fill one window while the writer thread
@@ -261,6 +265,7 @@ private func mergeTensor(
             convertFromFloat(destinations[slot] + offset * outputSize, from: values, dtype: tensor.outputDType, count: count)
         }
         try inputs.rethrow()
+        inputs.release(windowStart * plan.chunkSize..<min(tensor.elementCount, (windowStart + inWindow) * plan.chunkSize))
         let pieces = (0..<inWindow).map { slot in
             UnsafeRawBufferPointer(start: destinations[slot], count: merger.chunkElementCount(windowStart + slot) * outputSize)
         }

@@ -61,6 +61,10 @@ public struct MergePlan: @unchecked Sendable {
     /// chunks are written in order) rarely leaves a worker idle.
     public static func windowChunks(workers: Int) -> Int { 8 * workers }
 
+    /// Largest tensor, its inputs' bytes together, that a method reading it twice reads through the
+    /// mapping (see `InputWindow`): the most mapped input pages held at once.
+    public static let defaultMappedTensorBytes = 128 << 20
+
     /// Windows of converted output in flight: one being merged and up to three queued for the writer,
     /// so that a write held up now and then (a page-cache allocation, a busy core) does not stall the workers.
     public static let outputWindows = 4
@@ -216,9 +220,23 @@ public struct MergePlan: @unchecked Sendable {
         inputFiles.flatMap(\.tensors).map(\.dtype.size).max() ?? 4
     }
 
+    /// Bytes of `tensor` in all its inputs (base and fine-tunes) together.
+    public func inputByteCount(_ tensor: PlannedTensor) -> Int {
+        (tensor.baseName.map { base!.tensor($0)!.1.byteCount } ?? 0)
+            + zip(models, tensor.modelNames).reduce(0) { $0 + $1.0.tensor($1.1)!.1.byteCount }
+    }
+
+    /// Whether the data-free executor reads `tensor` through the mapping (see `InputWindow`): the
+    /// method reads it twice, and its inputs fit `mappedTensorBytes`.
+    public func readsThroughMapping(_ tensor: PlannedTensor, mappedTensorBytes: Int) -> Bool {
+        guard let parameters = tensor.parameters, TensorMerger.needsPreparation(config.method, parameters) else { return false }
+        return inputByteCount(tensor) <= mappedTensorBytes
+    }
+
     /// Peak memory the data-free executor needs with `threads` workers: per worker its block scratch and
     /// `outputWindows` windows of converted output (being written while the next is merged), TIES's threshold selection,
-    /// one window of every input's bytes, and what the process itself holds. (The shard's bytes wait in
+    /// one window of every input's bytes, the mapped pages of the largest tensor read twice through the
+    /// mapping, and what the process itself holds. (The shard's bytes wait in
     /// the page cache, not in the process, until their background sync drops them: at most two sync
     /// intervals, 64 MiB.)
     public func estimatedPeakBytes(threads: Int) -> Int {
@@ -228,7 +246,8 @@ public struct MergePlan: @unchecked Sendable {
             ? TensorMerger.thresholdSelectionBytes(modelCount: models.count, threads: threads, elementCount: largest, chunkSize: chunkSize) : 0
         let inputWindow = (models.count + 1) * Self.windowChunks(workers: threads) * chunkSize * widestInputElement
         let headerBytes = shards.reduce(0) { $0 + $1.layout.headerBytes.count } * 2
-        return Self.processBaseline + threads * perWorker + histograms + inputWindow + headerBytes
+        let mapped = tensors.filter { readsThroughMapping($0, mappedTensorBytes: Self.defaultMappedTensorBytes) }.map(inputByteCount).max() ?? 0
+        return Self.processBaseline + threads * perWorker + histograms + inputWindow + headerBytes + mapped
             + distillPeakBytes(threads: threads)
     }
 
