@@ -12,7 +12,7 @@ import Glibc
 /// it held at the final fsync. Through the page cache the writer never waits on the device; a flush
 /// every 32 MiB keeps the host writing in step with the merge instead of in one burst at the end; and
 /// dropping the durable pages keeps the output from filling memory. TIES 7.7–8.0 → 6.1–6.3 s, task
-/// arithmetic 6.5 → 4.0–4.6 s (8–256 MiB intervals measured: 16–64 equal, 128 and 256 slower).
+/// arithmetic 6.5 → 4.0–4.9 s (16–256 MiB intervals measured: 16–64 equal, 128 and 256 slower).
 final class BackgroundSync: @unchecked Sendable {
     private let fd: Int32
     private let path: String

@@ -11,7 +11,7 @@ import SafetensorsFormat
 /// A tensor read twice (TIES's thresholds, DARE's L1 norms, then the merge) whose inputs fit
 /// `mappedTensorBytes` is read through the mapping instead: its pages are mapped by the first pass's
 /// faults and read again by the merge at no cost, then released window by window. On session 10's host
-/// that took TIES from 10.4 to 9.0 core-s (the kernel's copies were 3 of them). A tensor read once stays
+/// that took TIES from 11.0–11.4 to 10.0–10.2 core-s (the kernel's copies had been 2.9). A tensor read once stays
 /// with `pread`: on session 6's host a page fault per 64 KiB, an `madvise` and a TLB shootdown per
 /// release span, and conversion loops stalled on memory at every scattered 4 KiB page cost more CPU
 /// than the kernel's copy (which streams pages at memory speed) — but less than two copies.
@@ -33,7 +33,7 @@ final class InputWindow: @unchecked Sendable {
     /// The inputs' dtypes, apart from `sources` so that per-block reads copy no `TensorInfo`.
     private var dtypes: [DType] = []
     /// Whether the current tensor is read through the mapping, and where its inputs' data start there.
-    private(set) var mapped = false
+    private var mapped = false
     private var mappedData: [UnsafeRawPointer] = []
     private let lock = NSLock()
     private var failure: Error?
